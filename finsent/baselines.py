@@ -1,0 +1,47 @@
+"""Classic baselines that every fine-tuned model must beat: majority class and TF-IDF + logistic regression.
+
+All classifiers in finsent share one interface: ``predict_proba(texts) -> (n, 3)`` array whose
+columns follow ``LABELS``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .labels import LABEL2ID, LABELS
+
+
+class MajorityClassifier:
+    """Always the most frequent training label; probabilities are the training class shares."""
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "MajorityClassifier":
+        counts = np.bincount([LABEL2ID[lab] for lab in labels], minlength=len(LABELS)).astype(float)
+        self.prior = counts / counts.sum()
+        return self
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return np.tile(self.prior, (len(texts), 1))
+
+
+class TfidfLogReg:
+    """Word 1-2-gram TF-IDF (sublinear tf) + multinomial logistic regression."""
+
+    def __init__(self, C: float = 4.0, ngram_max: int = 2, min_df: int = 1, seed: int = 42):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        self.pipeline = make_pipeline(
+            TfidfVectorizer(ngram_range=(1, ngram_max), min_df=min_df, sublinear_tf=True, lowercase=True),
+            LogisticRegression(C=C, max_iter=2000, random_state=seed),
+        )
+
+    def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "TfidfLogReg":
+        self.pipeline.fit(list(texts), list(labels))
+        return self
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        probs = self.pipeline.predict_proba(list(texts))
+        order = [list(self.pipeline.classes_).index(lab) for lab in LABELS]
+        return probs[:, order]

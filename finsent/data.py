@@ -1,0 +1,28 @@
+"""Reading the split stage's outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from .config import SPLITS_DIR
+from .io import read_interim
+
+
+def split_path(split: str, part: str, root: str | Path = SPLITS_DIR) -> Path:
+    return Path(root) / split / f"{part}.csv"
+
+
+def load_split(split: str, part: str, root: str | Path = SPLITS_DIR) -> pd.DataFrame:
+    path = split_path(split, part, root)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: split '{split}' part '{part}' not found; run `dvc repro split` "
+                                f"and check that '{split}' is defined under params.yaml splits")
+    return read_interim(path)
+
+
+def load_split_union(splits: Sequence[str], part: str, root: str | Path = SPLITS_DIR) -> pd.DataFrame:
+    """Concatenate one part (train/val/test) of several splits, keeping a ``split`` column."""
+    frames = [load_split(name, part, root).assign(split=name) for name in splits]
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,146 @@
+"""Evaluate every model on every test set and write metrics, reports, plot data and figures.
+
+Models come from params.yaml ``evaluate.models``; each has a ``kind``:
+- ``majority`` / ``tfidf``: baselines fitted here on the same training rows as the encoder;
+- ``zeroshot_embedding``: the base encoder before fine-tuning (cosine to label descriptions);
+- ``encoder``: a sequence classifier directory or model reference (the fine-tuned model);
+- ``predictions``: a directory of ``<test split>.csv`` files with p_<label> columns written by
+  another stage (for models too costly to run here).
+Test sets are ``split`` test parts, optionally filtered (``min_agreement`` for FPB's AllAgree).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .baselines import MajorityClassifier, TfidfLogReg
+from .data import load_split
+from .labels import LABELS
+from .metrics import compute_metrics, headline, probs_to_labels
+from .train import sample_rows
+
+PROB_COLUMNS = [f"p_{lab}" for lab in LABELS]
+
+
+@dataclass
+class TestSet:
+    name: str
+    split: str
+    min_agreement: float | None = None
+
+
+def test_sets_from_params(spec: Mapping[str, Any]) -> list[TestSet]:
+    return [TestSet(name, s["split"], s.get("min_agreement")) for name, s in spec.items()]
+
+
+def load_test_frames(test_sets: list[TestSet], max_rows: int | None, seed: int) -> dict[str, pd.DataFrame]:
+    """Test rows per split (sampled once per split, so filtered subsets stay subsets)."""
+    frames: dict[str, pd.DataFrame] = {}
+    for ts in test_sets:
+        if ts.split not in frames:
+            frames[ts.split] = sample_rows(load_split(ts.split, "test"), max_rows, seed)
+    return frames
+
+
+def subset(frame: pd.DataFrame, ts: TestSet) -> pd.DataFrame:
+    if ts.min_agreement is None:
+        return frame
+    return frame[frame["agreement"].fillna(0) >= float(ts.min_agreement) - 1e-9]
+
+
+def build_model(name: str, spec: Mapping[str, Any], train_df: pd.DataFrame, seed: int):
+    kind = spec.get("kind")
+    if kind == "majority":
+        return MajorityClassifier().fit(train_df["text"], train_df["label"])
+    if kind == "tfidf":
+        return TfidfLogReg(C=float(spec.get("C", 4.0)), seed=seed).fit(train_df["text"], train_df["label"])
+    if kind == "encoder":
+        from .predict import EncoderClassifier
+        return EncoderClassifier(spec["model"], batch_size=int(spec.get("batch_size", 64)),
+                                 max_length=int(spec.get("max_length", 128)))
+    if kind == "zeroshot_embedding":
+        from .predict import EmbeddingZeroShot
+        return EmbeddingZeroShot(spec["model"], batch_size=int(spec.get("batch_size", 64)),
+                                 max_length=int(spec.get("max_length", 128)),
+                                 temperature=float(spec.get("temperature", 0.05)))
+    if kind == "predictions":
+        return PrecomputedPredictions(spec["path"])
+    raise ValueError(f"params.yaml evaluate.models.{name}.kind={kind!r}: use majority, tfidf, encoder, "
+                     f"zeroshot_embedding or predictions")
+
+
+class PrecomputedPredictions:
+    """Probabilities another stage wrote: <path>/<split>.csv with id and p_<label> columns."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def predict_frame(self, split: str, frame: pd.DataFrame) -> np.ndarray:
+        file = self.path / f"{split}.csv"
+        if not file.exists():
+            raise FileNotFoundError(f"{file}: no predictions for split '{split}'; run the stage that writes them")
+        pred = pd.read_csv(file, dtype={"id": str}).set_index("id")
+        missing = sorted(set(frame["id"]) - set(pred.index))
+        if missing:
+            raise ValueError(f"{file}: {len(missing)} test ids have no prediction (first: {missing[0]})")
+        return pred.loc[frame["id"], PROB_COLUMNS].to_numpy()
+
+
+def predict(model, split: str, frame: pd.DataFrame) -> np.ndarray:
+    if isinstance(model, PrecomputedPredictions):
+        return model.predict_frame(split, frame)
+    return model.predict_proba(frame["text"].tolist())
+
+
+def prediction_frame(frame: pd.DataFrame, probs: np.ndarray, model: str) -> pd.DataFrame:
+    out = frame[["id", "text", "label"]].copy()
+    out["pred"] = probs_to_labels(probs)
+    for col, values in zip(PROB_COLUMNS, np.asarray(probs).T):
+        out[col] = np.round(values, 5)
+    out["model"] = model
+    return out
+
+
+def evaluate_all(models: Mapping[str, Mapping[str, Any]], test_sets: list[TestSet], train_df: pd.DataFrame,
+                 *, max_rows: int | None = None, seed: int = 42, log=print):
+    """Returns (results[model][test_set] -> full metrics, predictions[model][split] -> frame,
+    labels[model][test_set] -> frame of actual / predicted labels)."""
+    frames = load_test_frames(test_sets, max_rows, seed)
+    results: dict[str, dict[str, Any]] = {}
+    predictions: dict[str, dict[str, pd.DataFrame]] = {}
+    pairs: dict[str, dict[str, pd.DataFrame]] = {}
+    for name, spec in models.items():
+        model = build_model(name, spec, train_df, seed)
+        predictions[name] = {split: prediction_frame(frame, predict(model, split, frame), name)
+                             for split, frame in frames.items()}
+        results[name], pairs[name] = {}, {}
+        for ts in test_sets:
+            pred = subset(predictions[name][ts.split].assign(agreement=frames[ts.split]["agreement"].to_numpy()), ts)
+            results[name][ts.name] = compute_metrics(pred["label"], pred["pred"])
+            pairs[name][ts.name] = pred[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"})
+            m = results[name][ts.name]
+            log(f"{name:>18} on {ts.name:<14} n={m['n']:<5} acc {m['accuracy']:.4f}  "
+                f"macro-F1 {m['macro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}")
+    return results, predictions, pairs
+
+
+def summary_markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    tests = list(next(iter(results.values())))
+    lines = ["| model | " + " | ".join(f"{t} acc | {t} macro-F1 | {t} weighted-F1" for t in tests) + " |",
+             "|---|" + "---|" * (3 * len(tests))]
+    for model, per_test in results.items():
+        cells = [f"{per_test[t]['accuracy']:.4f} | {per_test[t]['macro_f1']:.4f} | {per_test[t]['weighted_f1']:.4f}"
+                 for t in tests]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def split_metrics(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tuple[dict, dict]:
+    """(headline metrics, per-class metrics) nested model -> test set, ready for JSON."""
+    heads = {m: {t: headline(v) for t, v in per.items()} for m, per in results.items()}
+    per_class = {m: {t: v["per_class"] for t, v in per.items()} for m, per in results.items()}
+    return heads, per_class

@@ -1,0 +1,49 @@
+"""Classification metrics, computed one way for every model and every test set."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
+
+from .labels import LABELS
+
+
+def _r(x: float) -> float:
+    return round(float(x), 4)
+
+
+def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, P/R/F1 (per class, macro, weighted), per-class accuracy, confusion matrix, report.
+
+    Per-class accuracy is the share of rows *of that class* predicted correctly (what the
+    Phi-2 / Llama-2 notebooks print), which equals the class recall.
+    """
+    labels = list(LABELS)
+    y_true, y_pred = list(y_true), list(y_pred)
+    unknown = sorted({*y_true, *y_pred} - set(labels))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not in {labels}")
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    out: dict[str, Any] = {"n": len(y_true), "accuracy": _r(accuracy_score(y_true, y_pred))}
+    for avg in ("macro", "weighted"):
+        ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
+        out.update({f"{avg}_precision": _r(ap), f"{avg}_recall": _r(ar), f"{avg}_f1": _r(af)})
+    out["per_class"] = {
+        lab: {"precision": _r(p[i]), "recall": _r(r[i]), "f1": _r(f[i]), "accuracy": _r(r[i]), "support": int(s[i])}
+        for i, lab in enumerate(labels)
+    }
+    out["confusion_matrix"] = {"labels": labels,
+                               "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
+    out["report"] = classification_report(y_true, y_pred, labels=labels, digits=4, zero_division=0)
+    return out
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar metrics worth a column in `dvc metrics show` / `dvc exp show`."""
+    keys = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "n")
+    return {k: metrics[k] for k in keys}
+
+
+def probs_to_labels(probs: np.ndarray) -> list[str]:
+    return [LABELS[i] for i in np.asarray(probs).argmax(axis=1)]

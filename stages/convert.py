@@ -1,0 +1,37 @@
+"""Stage convert: raw files (params.yaml `datasets`) -> data/interim/<dataset>.csv + rejects + metrics."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from finsent.config import INTERIM_DIR, METRICS_DIR, load_params  # noqa: E402
+from finsent.convert import convert_dataset  # noqa: E402
+from finsent.io import write_csv, write_json  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out-dir", default=str(INTERIM_DIR))
+    ap.add_argument("--metrics", default=str(METRICS_DIR / "convert.json"))
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    out_dir = Path(args.out_dir)
+    summary = {}
+    for name, spec in params["datasets"].items():
+        result = convert_dataset(name, spec)
+        write_csv(result.rows, out_dir / f"{name}.csv")
+        write_csv(result.rejects, out_dir / "rejects" / f"{name}.csv")
+        summary[name] = result.stats
+        print(f"convert {name}: {result.stats['rows_out']} rows, {result.stats['rejected']} rejected "
+              f"-> {out_dir / (name + '.csv')}")
+    write_json(summary, args.metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Stage evaluate: every model in params.yaml `evaluate.models` on every test set.
+
+Writes metrics/evaluate.json (headline), metrics/per_class.json, metrics/reports/*.txt,
+metrics/summary.md, DVC confusion plot data metrics/plots/confusion/*.csv, PNG figures in
+metrics/plots/images/, and the predictions in predictions/<model>/<split>.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from finsent.config import METRICS_DIR, PLOTS_DIR, load_params, require  # noqa: E402
+from finsent.data import load_split_union  # noqa: E402
+from finsent.evaluate import evaluate_all, split_metrics, summary_markdown, test_sets_from_params  # noqa: E402
+from finsent.io import write_csv, write_json  # noqa: E402
+from finsent.plots import confusion_figure, metrics_by_class_figure, model_comparison_figure  # noqa: E402
+from finsent.train import sample_rows  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--predictions-dir", default="predictions")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    cfg = require(params, "evaluate")
+    train_cfg = require(params, "train")
+    seed = int(params.get("seed", 42))
+    # Baselines see exactly the rows the encoder was trained on.
+    train_df = sample_rows(load_split_union(train_cfg["splits"], "train"), train_cfg.get("max_train_rows"), seed)
+    test_sets = test_sets_from_params(cfg["test_sets"])
+    results, predictions, pairs = evaluate_all(cfg["models"], test_sets, train_df, max_rows=cfg.get("max_rows"), seed=seed)
+
+    heads, per_class = split_metrics(results)
+    write_json(heads, METRICS_DIR / "evaluate.json")
+    write_json(per_class, METRICS_DIR / "per_class.json")
+    (METRICS_DIR / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
+    for sub in ("reports", "plots/confusion", "plots/images"):
+        shutil.rmtree(METRICS_DIR / sub, ignore_errors=True)
+    for model, per_test in results.items():
+        for test, m in per_test.items():
+            (METRICS_DIR / "reports").mkdir(parents=True, exist_ok=True)
+            (METRICS_DIR / "reports" / f"{model}__{test}.txt").write_text(
+                f"{model} on {test} (n={m['n']})\n\n{m['report']}", encoding="utf-8")
+            write_csv(pairs[model][test], PLOTS_DIR / "confusion" / f"{model}__{test}.csv")
+        for split, frame in predictions[model].items():
+            write_csv(frame, Path(args.predictions_dir) / model / f"{split}.csv")
+        confusion_figure(model, per_test, PLOTS_DIR / "images" / f"confusion_{model}.png")
+        metrics_by_class_figure(model, per_test, PLOTS_DIR / "images" / f"metrics_by_class_{model}.png")
+    model_comparison_figure(results, PLOTS_DIR / "images" / "models_macro_f1.png")
+    print(summary_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

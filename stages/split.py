@@ -1,0 +1,40 @@
+"""Stage split: data/interim/<dataset>.csv -> data/splits/<split>/{train,val,test,dropped}.csv + report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from finsent.config import INTERIM_DIR, METRICS_DIR, SPLITS_DIR, load_params  # noqa: E402
+from finsent.io import read_interim, write_csv, write_json  # noqa: E402
+from finsent.split import make_split  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out-dir", default=str(SPLITS_DIR))
+    ap.add_argument("--metrics", default=str(METRICS_DIR / "split.json"))
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    seed = int(params.get("seed", 42))
+    report = {}
+    for name, spec in params["splits"].items():
+        rows = read_interim(INTERIM_DIR / f"{spec['dataset']}.csv")
+        result = make_split(rows, spec, seed=seed)
+        for part, frame in result.parts.items():
+            write_csv(frame, Path(args.out_dir) / name / f"{part}.csv")
+        write_csv(result.dropped, Path(args.out_dir) / name / "dropped.csv")
+        report[name] = result.report
+        counts = ", ".join(f"{k} {v['total']}" for k, v in result.report["counts"].items())
+        print(f"split {name}: {counts}; dropped {len(result.dropped)} "
+              f"({result.report['conflicting_rows']} conflicting, {result.report['duplicates_removed']} duplicate)")
+    write_json(report, args.metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

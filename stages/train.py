@@ -1,0 +1,55 @@
+"""Stage train: fine-tune the encoder classifier on the train splits named in params.yaml `train`.
+
+Outputs: models/encoder (best checkpoint + tokenizer), runs/encoder/<hp_set>/ (TensorBoard),
+metrics/train.json and metrics/train_history.csv (validation curve, a DVC plot).
+Runs unchanged under `accelerate launch` / torchrun for multi-GPU data parallel.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from finsent.config import METRICS_DIR, MODELS_DIR, RUNS_DIR, hp_set, load_params, require  # noqa: E402
+from finsent.data import load_split_union  # noqa: E402
+from finsent.io import write_csv, write_json  # noqa: E402
+from finsent.train import sample_rows, train_encoder  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out-dir", default=str(MODELS_DIR / "encoder"))
+    ap.add_argument("--runs-dir", default=str(RUNS_DIR / "encoder"))
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    cfg = require(params, "train")
+    name = cfg["hp_set"]
+    hp = hp_set(params, name)
+    splits = cfg["splits"]
+    train_df = sample_rows(load_split_union(splits, "train"), cfg.get("max_train_rows"), int(hp["seed"]))
+    val_df = sample_rows(load_split_union(splits, "val"), cfg.get("max_val_rows"), int(hp["seed"]))
+    print(f"train: {len(train_df)} rows, val: {len(val_df)} rows from splits {splits}; hp set '{name}': {hp}")
+
+    out_dir = Path(args.out_dir)
+    work_dir = MODELS_DIR / ".checkpoints" / out_dir.name
+    for stale in (out_dir, work_dir):
+        shutil.rmtree(stale, ignore_errors=True)
+    result = train_encoder(train_df, val_df, model_ref=cfg["model"], hp=hp, hp_name=name, out_dir=out_dir,
+                           log_dir=Path(args.runs_dir) / name, work_dir=work_dir,
+                           patience=int(cfg.get("early_stopping_patience", 2)), max_steps=cfg.get("max_steps"))
+    if result.is_main_process:
+        write_json(result.summary, METRICS_DIR / "train.json")
+        write_csv(result.history, METRICS_DIR / "train_history.csv")
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print(f"best val macro-F1 {result.summary['val_macro_f1']} after {result.summary['epochs_run']} epochs "
+              f"in {result.summary['train_seconds']} s -> {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

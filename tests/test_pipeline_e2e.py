@@ -1,0 +1,81 @@
+"""End to end: the real `dvc repro` on the tiny CI configuration, in a scratch copy of the project."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from finsent.ci import ci_params, commit_all, run, scratch_copy
+from finsent.config import dump_params
+
+pytestmark = pytest.mark.slow
+
+
+def declared_paths(dvc_yaml: dict) -> list[str]:
+    paths = []
+    for stage in dvc_yaml["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                paths.append(entry if isinstance(entry, str) else next(iter(entry)))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, root):
+    repo = scratch_copy(root, tmp_path_factory.mktemp("e2e") / "repo")
+    commit_all(repo, "scratch")
+    dump_params(ci_params(root), repo / "params.yaml")
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_every_declared_output_exists(repo):
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    missing = [p for p in declared_paths(dvc_yaml) if not (repo / p).exists()]
+    assert not missing
+    assert (repo / "models/encoder/config.json").exists()
+    assert list((repo / "runs/encoder/tiny").glob("events.out.tfevents.*"))
+    assert (repo / "data/interim/rejects/fpb.csv").exists()
+
+
+def test_metrics_cover_every_model_and_test_set(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    ev = json.loads((repo / "metrics/evaluate.json").read_text())
+    models, tests = set(params["evaluate"]["models"]), set(params["evaluate"]["test_sets"])
+    assert set(ev) == models and all(set(v) == tests for v in ev.values())
+    per_class = json.loads((repo / "metrics/per_class.json").read_text())
+    assert set(per_class["encoder"]["fpb"]) == {"negative", "neutral", "positive"}
+    for model in models:
+        for test in tests:
+            m = ev[model][test]
+            assert 0 <= m["macro_f1"] <= m["accuracy"] + 1 and m["n"] > 0
+            conf = pd.read_csv(repo / f"metrics/plots/confusion/{model}__{test}.csv")
+            assert len(conf) == m["n"] and list(conf.columns) == ["actual", "predicted"]
+            assert (repo / f"metrics/reports/{model}__{test}.txt").read_text().count("macro avg") == 1
+        assert (repo / f"metrics/plots/images/confusion_{model}.png").stat().st_size > 10_000
+        assert (repo / f"metrics/plots/images/metrics_by_class_{model}.png").stat().st_size > 10_000
+    # Even the tiny run must learn: the fine-tuned encoder beats the majority class clearly.
+    for test in ("fpb", "tweets"):
+        assert ev["encoder"][test]["macro_f1"] > ev["majority"][test]["macro_f1"] + 0.2
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["hp_set"] == "tiny" and train["train_rows"] == 1200
+    history = pd.read_csv(repo / "metrics/train_history.csv")
+    assert len(history) >= 1 and history["val_macro_f1"].notna().all()
+
+
+def test_second_repro_does_nothing_and_dvc_reads_metrics(repo):
+    status = run(["dvc", "status"], repo, capture_output=True).stdout
+    assert "up to date" in status
+    out = run(["dvc", "repro"], repo, capture_output=True).stdout
+    assert "didn't change" in out and "Running stage" not in out
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, capture_output=True).stdout)
+    assert shown  # dvc parses every declared metrics file
+
+
+def test_plots_render_offline(repo):
+    run(["dvc", "plots", "show", "-o", "plots_html"], repo, capture_output=True)
+    html = (repo / "plots_html/index.html").read_text(encoding="utf-8")
+    assert "cdn.jsdelivr" not in html and "vega-embed" in html.lower()
+    assert "confusion" in html or "actual" in html
