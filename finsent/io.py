@@ -31,3 +31,23 @@ def write_json(obj: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", encoding="utf-8")
+
+
+class StageClock:
+    """Prints a stage's wall time and peak memory when it ends: `with StageClock("train"): ...`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> "StageClock":
+        import time
+
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import resource
+        import time
+
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"[{self.name}] {time.perf_counter() - self.start:.1f} s, peak RSS {peak_mb:.0f} MB", flush=True)

@@ -84,6 +84,22 @@ class TrainOutput:
     is_main_process: bool = True
 
 
+def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups: no decay on biases / norms, and a larger LR for the freshly
+    initialised classifier (and the pooler feeding it) when ``head_multiplier`` > 1."""
+    head_parts = ("classifier", "score", "pooler")
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+        is_head = any(f".{part}." in f".{name}" for part in head_parts)
+        groups.setdefault((is_head, no_decay), []).append(param)
+    return [{"params": params, "lr": lr * (head_multiplier if is_head else 1.0),
+             "weight_decay": 0.0 if no_decay else weight_decay}
+            for (is_head, no_decay), params in groups.items()]
+
+
 def tensorboard_callback(log_dir: str | Path):
     """A TensorBoard callback writing to ``log_dir`` (transformers 5 dropped ``logging_dir``)."""
     from torch.utils.tensorboard import SummaryWriter
@@ -158,8 +174,11 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
         dataloader_num_workers=0,
         save_only_model=True,
     )
+    lr, head_mult = float(hp["learning_rate"]), float(hp.get("head_lr_multiplier", 1.0))
+    groups = optimizer_groups(model, lr, float(hp["weight_decay"]), head_mult)
     trainer = Trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+        optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": groups, "lr": lr}),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if use_cuda else None),
         processing_class=tokenizer, compute_metrics=_compute_metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience), tensorboard_callback(log_dir)],

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.config import INTERIM_DIR, METRICS_DIR, load_params  # noqa: E402
 from finsent.convert import convert_dataset  # noqa: E402
-from finsent.io import write_csv, write_json  # noqa: E402
+from finsent.io import StageClock, write_csv, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,4 +34,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with StageClock("convert"):
+        raise SystemExit(main())

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from finsent.config import METRICS_DIR, PLOTS_DIR, load_params, require  # noqa: E402
 from finsent.data import load_split_union  # noqa: E402
 from finsent.evaluate import evaluate_all, split_metrics, summary_markdown, test_sets_from_params  # noqa: E402
-from finsent.io import write_csv, write_json  # noqa: E402
+from finsent.io import StageClock, write_csv, write_json  # noqa: E402
 from finsent.plots import confusion_figure, metrics_by_class_figure, model_comparison_figure  # noqa: E402
 from finsent.train import sample_rows  # noqa: E402
 
@@ -58,4 +58,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with StageClock("evaluate"):
+        raise SystemExit(main())

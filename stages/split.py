@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.config import INTERIM_DIR, METRICS_DIR, SPLITS_DIR, load_params  # noqa: E402
-from finsent.io import read_interim, write_csv, write_json  # noqa: E402
+from finsent.io import StageClock, read_interim, write_csv, write_json  # noqa: E402
 from finsent.split import make_split  # noqa: E402
 
 
@@ -37,4 +37,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with StageClock("split"):
+        raise SystemExit(main())

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.config import METRICS_DIR, MODELS_DIR, RUNS_DIR, hp_set, load_params, require  # noqa: E402
 from finsent.data import load_split_union  # noqa: E402
-from finsent.io import write_csv, write_json  # noqa: E402
+from finsent.io import StageClock, write_csv, write_json  # noqa: E402
 from finsent.train import sample_rows, train_encoder  # noqa: E402
 
 
@@ -52,4 +52,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with StageClock("train"):
+        raise SystemExit(main())
