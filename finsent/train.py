@@ -100,13 +100,16 @@ def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: flo
             for (is_head, no_decay), params in groups.items()]
 
 
-def tensorboard_callback(log_dir: str | Path):
-    """A TensorBoard callback writing to ``log_dir`` (transformers 5 dropped ``logging_dir``)."""
+def tensorboard_callbacks(log_dir: str | Path) -> list:
+    """A TensorBoard callback writing to ``log_dir`` (transformers 5 dropped ``logging_dir``);
+    none on the non-zero ranks of a multi-process run, so only rank 0 writes events."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return []
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))]
 
 
 def history_frame(log_history: list[dict[str, Any]]) -> pd.DataFrame:
@@ -119,7 +122,8 @@ def history_frame(log_history: list[dict[str, Any]]) -> pd.DataFrame:
             rows.append({"epoch": round(float(entry.get("epoch", 0)), 3), "step": int(entry.get("step", 0)),
                          "train_loss": last_loss, "val_loss": entry.get("eval_loss"),
                          "val_accuracy": entry.get("eval_accuracy"), "val_macro_f1": entry.get("eval_macro_f1")})
-    return pd.DataFrame(rows, columns=["epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"])
+    columns = ["epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"]
+    return pd.DataFrame(rows, columns=columns).round(4)
 
 
 def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: str, hp: Mapping[str, Any],
@@ -181,18 +185,18 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
         optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": groups, "lr": lr}),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if use_cuda else None),
         processing_class=tokenizer, compute_metrics=_compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience), tensorboard_callback(log_dir)],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience), *tensorboard_callbacks(log_dir)],
     )
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
+    history = history_frame(trainer.state.log_history)
     final = trainer.evaluate()  # the best checkpoint is loaded at the end
     out_dir = Path(out_dir)
     trainer.save_model(str(out_dir))  # rank 0 only under accelerate/torchrun
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out_dir))
 
-    history = history_frame(trainer.state.log_history)
     summary = {
         "hp_set": hp_name,
         "base_model": model_ref,
