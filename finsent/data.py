@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from .config import SPLITS_DIR
@@ -26,3 +27,16 @@ def load_split_union(splits: Sequence[str], part: str, root: str | Path = SPLITS
     """Concatenate one part (train/val/test) of several splits, keeping a ``split`` column."""
     frames = [load_split(name, part, root).assign(split=name) for name in splits]
     return pd.concat(frames, ignore_index=True)
+
+
+def sample_rows(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """Exactly ``n`` rows, stratified by label (largest-remainder shares), seeded; all rows when n is None."""
+    if not n or n >= len(frame):
+        return frame
+    counts = frame["label"].value_counts().sort_index()
+    exact = counts / counts.sum() * n
+    take = np.floor(exact).astype(int)
+    remainder = (exact - take).sort_values(ascending=False, kind="stable")
+    take[remainder.index[: n - int(take.sum())]] += 1
+    parts = [frame[frame["label"] == label].sample(n=int(k), random_state=seed) for label, k in take.items()]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)

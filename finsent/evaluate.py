@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 
 from .baselines import MajorityClassifier, TfidfLogReg
-from .data import load_split
+from .data import load_split, sample_rows
 from .labels import LABELS
 from .metrics import compute_metrics, headline, probs_to_labels
-from .train import sample_rows
 
 PROB_COLUMNS = [f"p_{lab}" for lab in LABELS]
 

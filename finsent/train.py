@@ -68,15 +68,6 @@ def validate_hp(hp: Mapping[str, Any], name: str) -> None:
         raise KeyError(f"params.yaml hp_sets.{name}: missing {missing}; every set needs {', '.join(HP_KEYS)}")
 
 
-def sample_rows(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
-    """A stratified, seeded subset of ``n`` rows (for quick runs); all rows when n is None."""
-    if not n or n >= len(frame):
-        return frame
-    frac = n / len(frame)
-    parts = [g.sample(n=max(1, round(len(g) * frac)), random_state=seed) for _, g in frame.groupby("label")]
-    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
-
-
 @dataclass
 class TrainOutput:
     summary: dict[str, Any]

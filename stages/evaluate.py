@@ -14,11 +14,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.config import METRICS_DIR, PLOTS_DIR, load_params, require  # noqa: E402
-from finsent.data import load_split_union  # noqa: E402
+from finsent.data import load_split_union, sample_rows  # noqa: E402
 from finsent.evaluate import evaluate_all, split_metrics, summary_markdown, test_sets_from_params  # noqa: E402
 from finsent.io import StageClock, write_csv, write_json  # noqa: E402
 from finsent.plots import confusion_figure, metrics_by_class_figure, model_comparison_figure  # noqa: E402
-from finsent.train import sample_rows  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

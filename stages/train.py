@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.config import METRICS_DIR, MODELS_DIR, RUNS_DIR, hp_set, load_params, require  # noqa: E402
-from finsent.data import load_split_union  # noqa: E402
+from finsent.data import load_split_union, sample_rows  # noqa: E402
 from finsent.io import StageClock, write_csv, write_json  # noqa: E402
-from finsent.train import sample_rows, train_encoder  # noqa: E402
+from finsent.train import train_encoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     name = cfg["hp_set"]
     hp = hp_set(params, name)
     splits = cfg["splits"]
-    train_df = sample_rows(load_split_union(splits, "train"), cfg.get("max_train_rows"), int(hp["seed"]))
-    val_df = sample_rows(load_split_union(splits, "val"), cfg.get("max_val_rows"), int(hp["seed"]))
+    data_seed = int(params.get("seed", 42))  # the same rows the evaluate stage fits the baselines on
+    train_df = sample_rows(load_split_union(splits, "train"), cfg.get("max_train_rows"), data_seed)
+    val_df = sample_rows(load_split_union(splits, "val"), cfg.get("max_val_rows"), data_seed)
     print(f"train: {len(train_df)} rows, val: {len(val_df)} rows from splits {splits}; hp set '{name}': {hp}")
 
     out_dir = Path(args.out_dir)

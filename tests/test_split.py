@@ -71,3 +71,15 @@ def test_conflict_detection_folds_case_and_space():
                      {"strategy": "stratified", "fractions": {"train": 1.0}}, seed=1)
     assert res.report["conflicting_rows"] == 2 and res.report["duplicates_removed"] == 1
     assert res.parts["train"]["id"].tolist() == ["c"]
+
+
+def test_sample_rows_exact_stratified_and_seeded(fpb_split):
+    from finsent.data import sample_rows
+
+    train = fpb_split.parts["train"]
+    sub = sample_rows(train, 500, seed=3)
+    assert len(sub) == 500 and not sub["id"].duplicated().any()
+    shares = train["label"].value_counts(normalize=True)
+    assert (abs(sub["label"].value_counts(normalize=True) - shares) < 0.003).all()
+    assert sub["id"].tolist() == sample_rows(train, 500, seed=3)["id"].tolist()
+    assert sample_rows(train, None, seed=3) is train
