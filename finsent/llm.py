@@ -1,0 +1,243 @@
+"""Causal-LM sentiment: load (optionally 4-bit), LoRA fine-tune with trl's SFTTrainer, predict by scoring.
+
+Prediction never parses free text: for every row the model's log-likelihood of each label's
+tokens after the shared prompt (finsent.prompts) is computed and normalised over the three
+labels, so every row gets exactly one valid label and a probability per class.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .labels import LABELS
+from .models import resolve_model_ref
+from .prompts import label_continuations, render_completion, render_prompt
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+def _from_pretrained_args(ref: str) -> tuple[str, dict[str, Any]]:
+    """(path or hub id, extra kwargs): a ``.gguf`` file loads through transformers' GGUF reader."""
+    path = resolve_model_ref(ref)
+    if path.endswith(".gguf") and Path(path).is_file():
+        return str(Path(path).parent), {"gguf_file": Path(path).name}
+    return path, {}
+
+
+def check_4bit_support() -> None:
+    """Fail with a clear message where bitsandbytes cannot quantise to 4 bit."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken native library
+        raise RuntimeError(
+            f"4-bit quantisation was asked for (llm quantization.load_in_4bit: true) but bitsandbytes cannot "
+            f"be used here ({type(exc).__name__}: {exc}). Install bitsandbytes (Linux x86-64/aarch64 or CUDA), "
+            f"or set the hp set's quantization.load_in_4bit to false") from None
+
+
+def quantization_config(spec: Mapping[str, Any] | None):
+    """BitsAndBytesConfig from params (nf4, double quantisation, compute dtype), or None when off."""
+    if not spec or not spec.get("load_in_4bit"):
+        return None
+    check_4bit_support()
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=spec.get("quant_type", "nf4"),
+        bnb_4bit_use_double_quant=bool(spec.get("double_quant", True)),
+        bnb_4bit_compute_dtype=getattr(torch, spec.get("compute_dtype", "bfloat16")),
+    )
+
+
+def disable_cpu_inference_repack(model) -> int:
+    """Guard against the bitsandbytes CPU bug (STACK.md): on AVX512-BF16 CPUs the first no-grad
+    forward repacks 4-bit weights into an inference-only layout, after which LoRA gradients
+    are silently zero. Returns how many Linear4bit modules were fixed."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def load_causal_lm(ref: str, quantization: Mapping[str, Any] | None = None, dtype: str | None = None):
+    """(model, tokenizer) for a hub id, a local directory, a .gguf file or a pkg:// reference."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, extra = _from_pretrained_args(ref)
+    tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    bnb_config = quantization_config(quantization)
+    kwargs: dict[str, Any] = dict(extra)
+    if bnb_config is not None:
+        kwargs["quantization_config"] = bnb_config
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    if dtype:
+        kwargs["dtype"] = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if bnb_config is not None:
+        disable_cpu_inference_repack(model)
+    elif torch.cuda.is_available():
+        model = model.to("cuda")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA
+# ---------------------------------------------------------------------------------------------
+
+def add_lora(model, spec: Mapping[str, Any], quantized: bool):
+    """Wrap ``model`` with LoRA adapters (peft); fail loudly if nothing is trainable."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(spec.get("gradient_checkpointing",
+                                                                                                 False)))
+    targets = spec.get("target_modules", "all-linear")
+    config = LoraConfig(r=int(spec.get("r", 16)), lora_alpha=int(spec.get("alpha", 32)),
+                        lora_dropout=float(spec.get("dropout", 0.05)), target_modules=targets,
+                        bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise RuntimeError(f"LoRA left no trainable parameter (target_modules={targets!r}); "
+                           f"name modules that exist in this model")
+    return model
+
+
+def lora_target_names(model) -> set[str]:
+    """Short names of the modules LoRA wrapped (for checks and logs)."""
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and scoring
+# ---------------------------------------------------------------------------------------------
+
+def sft_records(tokenizer, frame: pd.DataFrame) -> list[dict[str, str]]:
+    """Prompt / completion pairs for trl (completion-only loss masks the prompt)."""
+    return [{"prompt": render_prompt(tokenizer, text), "completion": render_completion(tokenizer, label)}
+            for text, label in zip(frame["text"], frame["label"])]
+
+
+@torch.inference_mode()
+def score_labels(model, tokenizer, texts: Sequence[str], batch_size: int = 16, desc: str = "score") -> np.ndarray:
+    """(n, 3) probabilities over LABELS from the label log-likelihoods after the prompt."""
+    texts = list(texts)
+    if not texts:
+        return np.zeros((0, len(LABELS)))
+    model.eval()
+    device = next(model.parameters()).device
+    prompts = [render_prompt(tokenizer, t) for t in texts]
+    conts = label_continuations(tokenizer, prompts[0])
+    single = all(len(c) == 1 for c in conts) and len({c[0] for c in conts}) == len(LABELS)
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out = np.zeros((len(texts), len(LABELS)))
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[start:start + batch_size]
+            if single:  # one forward: next-token log-probs of the three label tokens
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+                logits = model(**enc).logits[:, -1, :].float()
+                out[idx] = torch.log_softmax(logits, -1)[:, [c[0] for c in conts]].cpu().numpy()
+            else:       # one forward per label: summed log-probs of its tokens
+                for j, label in enumerate(LABELS):
+                    full = [prompts[i] + render_completion(tokenizer, label, eos=False) for i in idx]
+                    enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                    logp = torch.log_softmax(model(**enc).logits[:, :-1].float(), -1)
+                    target = enc["input_ids"][:, 1:]
+                    tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                    k = len(conts[j])
+                    out[idx, j] = tok_lp[:, -k:].sum(-1).cpu().numpy()
+    finally:
+        tokenizer.padding_side = side
+    z = np.exp(out - out.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+def sft_train(model, tokenizer, train_df: pd.DataFrame, eval_df: pd.DataFrame | None, hp: Mapping[str, Any], *,
+              work_dir: str | Path, log_dir: str | Path, max_steps: int | None = None) -> dict[str, Any]:
+    """LoRA SFT with trl; returns a summary (losses, steps, seconds, peak GPU memory)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from .train import tensorboard_callbacks
+
+    use_cuda = torch.cuda.is_available()
+    config = SFTConfig(
+        output_dir=str(work_dir),
+        learning_rate=float(hp["learning_rate"]),
+        per_device_train_batch_size=int(hp["batch_size"]),
+        per_device_eval_batch_size=int(hp["batch_size"]),
+        gradient_accumulation_steps=int(hp["grad_accum"]),
+        num_train_epochs=float(hp["epochs"]),
+        max_steps=int(max_steps) if max_steps else -1,
+        warmup_steps=float(hp.get("warmup", 0.03)),
+        weight_decay=float(hp.get("weight_decay", 0.0)),
+        lr_scheduler_type=hp.get("scheduler", "cosine"),
+        optim=hp.get("optim", "adamw_torch"),
+        max_length=int(hp["max_length"]),
+        completion_only_loss=True,
+        packing=False,
+        gradient_checkpointing=bool(hp.get("gradient_checkpointing", False)),
+        bf16=bool(hp.get("bf16", False)) and use_cuda,
+        use_cpu=not use_cuda,
+        eval_strategy="epoch" if eval_df is not None and len(eval_df) else "no",
+        save_strategy="epoch",
+        save_total_limit=1,
+        save_only_model=True,
+        logging_steps=int(hp.get("logging_steps", 5)),
+        logging_first_step=True,
+        report_to=[],
+        seed=int(hp["seed"]),
+        data_seed=int(hp["seed"]),
+        dataloader_num_workers=0,
+    )
+    train_ds = Dataset.from_list(sft_records(tokenizer, train_df))
+    eval_ds = Dataset.from_list(sft_records(tokenizer, eval_df)) if eval_df is not None and len(eval_df) else None
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, callbacks=tensorboard_callbacks(log_dir))
+    if use_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    summary = {
+        "steps": int(trainer.state.global_step),
+        "train_loss": round(float(result.training_loss), 4),
+        "first_loss": round(float(losses[0]), 4) if losses else None,
+        "last_loss": round(float(losses[-1]), 4) if losses else None,
+        "eval_loss": round(float(evals[-1]), 4) if evals else None,
+        "train_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 3),
+        "train_rows": len(train_ds),
+        "is_main_process": trainer.is_world_process_zero(),
+    }
+    if use_cuda:
+        summary["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return summary

@@ -1,0 +1,105 @@
+"""Causal-LM path on tiny, locally built models: LoRA targets, 4-bit CPU gradients, SFT, scoring."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from finsent.labels import LABELS
+from finsent.llm import add_lora, check_4bit_support, load_causal_lm, lora_target_names, score_labels, sft_train
+from finsent.prompts import label_continuations, render_completion, render_prompt
+
+
+
+@pytest.fixture(scope="module")
+def rows(fpb):
+    frame = fpb.rows[fpb.rows["agreement"] == 1.0]
+    return frame.groupby("label").head(12).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory, rows):
+    """A 2-layer Llama with a word-level tokenizer built from the prompt template and the rows."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from finsent.prompts import SYSTEM_PROMPT, user_message
+
+    out = tmp_path_factory.mktemp("tiny_lm")
+    text = " ".join([SYSTEM_PROMPT, user_message(""), "Instruct: Output:", *LABELS, *rows["text"]])
+    words = sorted({w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)})
+    vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["[PAD]", "[UNK]", "</s>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="[PAD]", unk_token="[UNK]")
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                      pad_token_id=0, eos_token_id=2, bos_token_id=None, initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return str(out)
+
+
+def test_lora_covers_phi2_modules():
+    from transformers import PhiConfig, PhiForCausalLM
+
+    model = PhiForCausalLM(PhiConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=64))
+    wrapped = add_lora(model, {"r": 4, "alpha": 8, "target_modules": "all-linear"}, quantized=False)
+    assert lora_target_names(wrapped) == {"q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"}
+    with pytest.raises(Exception, match="not found|no trainable|Target modules"):
+        add_lora(PhiForCausalLM(model.config), {"target_modules": ["no_such_module"]}, quantized=False)
+
+
+def test_prompt_and_label_tokens(tiny_lm):
+    model, tok = load_causal_lm(tiny_lm)
+    prompt = render_prompt(tok, "Sales rose .")
+    assert prompt.endswith("Output:") and "<<<Sales rose .>>>" in prompt
+    conts = label_continuations(tok, prompt)
+    assert len(conts) == 3 and all(conts) and len({tuple(c) for c in conts}) == 3
+    assert render_completion(tok, "positive") == " positive</s>"
+
+
+def test_scoring_gives_one_valid_label_per_row(tiny_lm, rows):
+    model, tok = load_causal_lm(tiny_lm)
+    probs = score_labels(model, tok, rows["text"], batch_size=5)
+    assert probs.shape == (len(rows), 3) and np.allclose(probs.sum(1), 1)
+    labels = [LABELS[i] for i in probs.argmax(1)]
+    assert len(labels) == len(rows) and set(labels) <= set(LABELS)
+    # Batching and padding do not change the scores.
+    assert np.allclose(probs[:4], score_labels(model, tok, rows["text"][:4], batch_size=1), atol=1e-4)
+
+
+def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):
+    model, tok = load_causal_lm(tiny_lm)
+    model = add_lora(model, {"r": 8, "alpha": 128, "dropout": 0.0}, quantized=False)
+    hp = {"learning_rate": 5e-3, "batch_size": 12, "grad_accum": 1, "epochs": 5, "max_length": 128, "seed": 0,
+          "warmup": 0.0, "scheduler": "constant", "logging_steps": 1}
+    summary = sft_train(model, tok, rows, None, hp, work_dir=tmp_path / "w", log_dir=tmp_path / "tb")
+    assert summary["steps"] == 5 * 3 and summary["last_loss"] < 0.5 * summary["first_loss"], summary
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    acc = (np.array([LABELS[i] for i in score_labels(model, tok, rows["text"]).argmax(1)]) == rows["label"]).mean()
+    assert acc > 0.6  # it fits its training rows: the loss really reaches the label tokens
+
+
+def test_4bit_cpu_lora_gradients_nonzero_after_eval_pass(tiny_lm, rows):
+    pytest.importorskip("bitsandbytes")
+    model, tok = load_causal_lm(tiny_lm, quantization={"load_in_4bit": True, "compute_dtype": "float32"})
+    model = add_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0}, quantized=True)
+    score_labels(model, tok, rows["text"][:4])          # an inference pass first (the repack trigger)
+    model.train()
+    enc = tok(list(rows["text"][:4]), return_tensors="pt", padding=True)
+    model(**enc, labels=enc["input_ids"]).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_4bit_without_bitsandbytes_fails_clearly(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(RuntimeError, match="bitsandbytes cannot be used here.*load_in_4bit to false"):
+        check_4bit_support()
