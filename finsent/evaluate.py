@@ -30,10 +30,23 @@ class TestSet:
     name: str
     split: str
     min_agreement: float | None = None
+    models: list[str] | None = None  # only these models (e.g. a test set that overlaps others' training data)
 
 
 def test_sets_from_params(spec: Mapping[str, Any]) -> list[TestSet]:
-    return [TestSet(name, s["split"], s.get("min_agreement")) for name, s in spec.items()]
+    return [TestSet(name, s["split"], s.get("min_agreement"), s.get("models")) for name, s in spec.items()]
+
+
+def test_sets_for(model: str, spec: Mapping[str, Any], test_sets: list[TestSet]) -> list[TestSet]:
+    """The test sets a model is scored on: its own ``test_sets`` list if given, and never a test
+    set reserved for other models."""
+    chosen = [ts for ts in test_sets if ts.models is None or model in ts.models]
+    if spec.get("test_sets") is not None:
+        unknown = set(spec["test_sets"]) - {ts.name for ts in test_sets}
+        if unknown:
+            raise ValueError(f"params.yaml evaluate.models.{model}.test_sets: unknown {sorted(unknown)}")
+        chosen = [ts for ts in chosen if ts.name in spec["test_sets"]]
+    return chosen
 
 
 def load_test_frames(test_sets: list[TestSet], max_rows: int | None, seed: int) -> dict[str, pd.DataFrame]:
@@ -114,10 +127,11 @@ def evaluate_all(models: Mapping[str, Mapping[str, Any]], test_sets: list[TestSe
     pairs: dict[str, dict[str, pd.DataFrame]] = {}
     for name, spec in models.items():
         model = build_model(name, spec, train_df, seed)
-        predictions[name] = {split: prediction_frame(frame, predict(model, split, frame), name)
-                             for split, frame in frames.items()}
+        mine = test_sets_for(name, spec, test_sets)
+        predictions[name] = {split: prediction_frame(frames[split], predict(model, split, frames[split]), name)
+                             for split in dict.fromkeys(ts.split for ts in mine)}
         results[name], pairs[name] = {}, {}
-        for ts in test_sets:
+        for ts in mine:
             pred = subset(predictions[name][ts.split].assign(agreement=frames[ts.split]["agreement"].to_numpy()), ts)
             results[name][ts.name] = compute_metrics(pred["label"], pred["pred"])
             pairs[name][ts.name] = pred[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"})
@@ -127,13 +141,17 @@ def evaluate_all(models: Mapping[str, Mapping[str, Any]], test_sets: list[TestSe
     return results, predictions, pairs
 
 
+def all_test_names(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(t for per_test in results.values() for t in per_test))
+
+
 def summary_markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    tests = list(next(iter(results.values())))
+    tests = all_test_names(results)
     lines = ["| model | " + " | ".join(f"{t} acc | {t} macro-F1 | {t} weighted-F1" for t in tests) + " |",
              "|---|" + "---|" * (3 * len(tests))]
     for model, per_test in results.items():
         cells = [f"{per_test[t]['accuracy']:.4f} | {per_test[t]['macro_f1']:.4f} | {per_test[t]['weighted_f1']:.4f}"
-                 for t in tests]
+                 if t in per_test else "— | — | —" for t in tests]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

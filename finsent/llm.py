@@ -74,6 +74,30 @@ def disable_cpu_inference_repack(model) -> int:
     return n
 
 
+def clear_gguf_marker(model) -> None:
+    """transformers dequantises GGUF tensors into ordinary fp32 weights but keeps a GGUF
+    "quantization" marker that makes Trainer refuse to train and save_pretrained refuse to save."""
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in vars(model):
+            delattr(model, attr)
+
+
+def materialise_gguf(directory: str, gguf_file: str, cache: str | Path = "models/.cache") -> str:
+    """Dequantise a GGUF model once into a safetensors directory (reloads in a fraction of a second)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(cache) / Path(gguf_file).stem
+    if not (out / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file)
+        clear_gguf_marker(model)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file).save_pretrained(out)
+    return str(out)
+
+
 def load_causal_lm(ref: str, quantization: Mapping[str, Any] | None = None, dtype: str | None = None):
     """(model, tokenizer) for a hub id, a local directory, a .gguf file or a pkg:// reference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,7 +113,13 @@ def load_causal_lm(ref: str, quantization: Mapping[str, Any] | None = None, dtyp
         kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
+    if "gguf_file" in extra and bnb_config is not None:
+        # GGUF weights come dequantised; 4-bit needs a full-precision checkpoint to quantise from.
+        path = materialise_gguf(path, extra["gguf_file"])
+        kwargs.pop("gguf_file")
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "gguf_file" in kwargs:
+        clear_gguf_marker(model)
     if bnb_config is not None:
         disable_cpu_inference_repack(model)
     elif torch.cuda.is_available():

@@ -72,12 +72,12 @@ def model_comparison_figure(results: Mapping[str, Mapping[str, Mapping[str, Any]
                             metric: str = "macro_f1") -> None:
     """Grouped bars: one group per test set, one bar per model."""
     models = list(results)
-    tests = list(next(iter(results.values())))
+    tests = list(dict.fromkeys(t for per_test in results.values() for t in per_test))
     x = np.arange(len(tests))
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(tests), 4))
     for k, model in enumerate(models):
-        vals = [results[model][t][metric] for t in tests]
+        vals = [results[model][t][metric] if t in results[model] else 0.0 for t in tests]
         bars = ax.bar(x + (k - (len(models) - 1) / 2) * width, vals, width, label=model)
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, tests)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -170,3 +170,11 @@ def check_disjoint(parts: Mapping[str, pd.DataFrame]) -> None:
             other = seen.setdefault(key, name)
             if other != name:
                 raise AssertionError(f"leak: text {key[:60]!r} is in both '{other}' and '{name}'")
+
+
+def exclude_texts(frame: pd.DataFrame, others: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """Drop rows whose normalised text occurs in any of ``others`` (e.g. the test sets a model will be
+    scored on); returns (kept rows, number removed)."""
+    banned = {normalise_text(t) for other in others for t in other["text"]}
+    keep = ~frame["text"].map(normalise_text).isin(banned)
+    return frame[keep].reset_index(drop=True), int((~keep).sum())

@@ -35,3 +35,13 @@ def test_baselines_on_real_fpb(fpb, params):
     assert np.allclose(probs.sum(axis=1), 1)
     assert m_maj["accuracy"] == pytest.approx(575 / 968, abs=0.01) and m_maj["macro_f1"] < 0.3
     assert m_tfidf["macro_f1"] > 0.65 and m_tfidf["accuracy"] > 0.75
+
+
+def test_test_sets_for_respects_both_filters():
+    from finsent.evaluate import TestSet, test_sets_for
+
+    sets = [TestSet("fpb", "fpb"), TestSet("tweets", "tweets"), TestSet("bal", "fpb_balanced", models=["llm"])]
+    assert [t.name for t in test_sets_for("encoder", {}, sets)] == ["fpb", "tweets"]
+    assert [t.name for t in test_sets_for("llm", {"test_sets": ["bal", "fpb"]}, sets)] == ["fpb", "bal"]
+    with pytest.raises(ValueError, match="unknown"):
+        test_sets_for("llm", {"test_sets": ["nope"]}, sets)

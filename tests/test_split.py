@@ -83,3 +83,12 @@ def test_sample_rows_exact_stratified_and_seeded(fpb_split):
     assert (abs(sub["label"].value_counts(normalize=True) - shares) < 0.003).all()
     assert sub["id"].tolist() == sample_rows(train, 500, seed=3)["id"].tolist()
     assert sample_rows(train, None, seed=3) is train
+
+
+def test_exclude_texts_removes_test_text_in_any_case_or_spacing(fpb_split):
+    from finsent.split import exclude_texts
+
+    train, test = fpb_split.parts["train"], fpb_split.parts["test"]
+    mixed = pd.concat([train.head(50), test.head(5).assign(text=lambda d: d["text"].str.upper() + "  ")])
+    kept, removed = exclude_texts(mixed, [test])
+    assert removed == 5 and len(kept) == 50

@@ -1,0 +1,81 @@
+"""Stage train_llm: LoRA fine-tune a causal LM (trl SFTTrainer) and score it before and after.
+
+Reads params.yaml `llm` (+ the hp set named by llm.hp_set in `llm_hp_sets`). Trains on the
+train part of llm.train_split (balanced FPB by default) minus any text of the test sets it is
+scored on, with eval loss on its val part. Scores the base model (zero-shot) and the adapter on
+the test parts of llm.eval_splits (the same rows evaluate uses), writing
+models/llm/predictions/{base,lora}/<split>.csv for the evaluate stage, the adapter to
+models/llm/adapter, TensorBoard events to runs/llm/<hp_set>, and metrics/train_llm.json.
+Runs unchanged under `accelerate launch` for multi-GPU data parallel.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from finsent.config import METRICS_DIR, MODELS_DIR, RUNS_DIR, load_params, require  # noqa: E402
+from finsent.data import load_split, sample_rows  # noqa: E402
+from finsent.split import exclude_texts  # noqa: E402
+from finsent.evaluate import prediction_frame  # noqa: E402
+from finsent.io import StageClock, write_csv, write_json  # noqa: E402
+from finsent.llm import add_lora, load_causal_lm, score_labels, sft_train  # noqa: E402
+from finsent.metrics import compute_metrics, probs_to_labels  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out-dir", default=str(MODELS_DIR / "llm"))
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    cfg = require(params, "llm")
+    name = cfg["hp_set"]
+    hp = require(params, f"llm_hp_sets.{name}")
+    seed = int(params.get("seed", 42))
+    out_dir = Path(args.out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+    # The rows evaluate will score (same sampling, same seed), and training rows that share none of their text.
+    tests = {split: sample_rows(load_split(split, "test"), params.get("evaluate", {}).get("max_rows"), seed)
+             for split in cfg["eval_splits"]}
+    train_all = load_split(cfg["train_split"], "train")
+    train_df, removed = exclude_texts(train_all, [load_split(s, "test") for s in cfg["eval_splits"]])
+    train_df = sample_rows(train_df, cfg.get("max_train_rows"), seed)
+    val_df = sample_rows(load_split(cfg["train_split"], "val"), cfg.get("max_val_rows"), seed)
+    print(f"train_llm: hp set '{name}', model {hp['model']}; {len(train_df)} train rows "
+          f"({removed} removed: their text is in a test set), {len(val_df)} val rows")
+
+    quant = hp.get("quantization") or {}
+    model, tokenizer = load_causal_lm(hp["model"], quantization=quant, dtype=hp.get("dtype"))
+    summary: dict = {"hp_set": name, "model": hp["model"], "quantized_4bit": bool(quant.get("load_in_4bit")),
+                     "train_rows_removed_as_test_text": removed}
+    batch = int(cfg.get("score_batch_size", 16))
+    for stage_name in ("base", "lora"):
+        if stage_name == "lora":
+            model = add_lora(model, hp["lora"], quantized=bool(quant.get("load_in_4bit")))
+            summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            summary.update(sft_train(model, tokenizer, train_df, val_df, hp, work_dir=out_dir / "checkpoints",
+                                     log_dir=RUNS_DIR / "llm" / name, max_steps=cfg.get("max_steps")))
+            if summary.pop("is_main_process", True):
+                model.save_pretrained(out_dir / "adapter")  # the LoRA adapter only, never merged into 4-bit weights
+                tokenizer.save_pretrained(out_dir / "adapter")
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        for split, frame in tests.items():
+            probs = score_labels(model, tokenizer, frame["text"], batch_size=batch, desc=f"{stage_name}:{split}")
+            write_csv(prediction_frame(frame, probs, f"llm_{stage_name}"),
+                      out_dir / "predictions" / stage_name / f"{split}.csv")
+            acc = compute_metrics(frame["label"], probs_to_labels(probs))["accuracy"]
+            summary[f"{stage_name}_accuracy_{split}"] = acc
+            print(f"train_llm: {stage_name} accuracy on {split} test ({len(frame)} rows): {acc:.4f}")
+    write_json(summary, METRICS_DIR / "train_llm.json")
+    return 0
+
+
+if __name__ == "__main__":
+    with StageClock("train_llm"):
+        raise SystemExit(main())
