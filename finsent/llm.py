@@ -6,6 +6,7 @@ labels, so every row gets exactly one valid label and a probability per class.
 """
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -166,9 +167,28 @@ def sft_records(tokenizer, frame: pd.DataFrame) -> list[dict[str, str]]:
             for text, label in zip(frame["text"], frame["label"])]
 
 
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix every sequence shares (at least one token is left to each)."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
 @torch.inference_mode()
-def score_labels(model, tokenizer, texts: Sequence[str], batch_size: int = 16, desc: str = "score") -> np.ndarray:
-    """(n, 3) probabilities over LABELS from the label log-likelihoods after the prompt."""
+def score_labels(model, tokenizer, texts: Sequence[str], batch_size: int = 16, desc: str = "score",
+                 reuse_prefix: bool = True, per_label: bool = False) -> np.ndarray:
+    """(n, 3) probabilities over LABELS from the label log-likelihoods after the prompt.
+
+    When every label is one distinct token (SmolLM2, Phi-2), one forward pass per row suffices: the
+    next-token log-probs of the three label tokens. The prompt's shared beginning (system prompt and
+    fence) is run once and its key/value cache reused for every batch (``reuse_prefix``).
+    Otherwise (or with ``per_label``) each label's tokens are scored by a forward pass per label.
+    """
     texts = list(texts)
     if not texts:
         return np.zeros((0, len(LABELS)))
@@ -176,30 +196,54 @@ def score_labels(model, tokenizer, texts: Sequence[str], batch_size: int = 16, d
     device = next(model.parameters()).device
     prompts = [render_prompt(tokenizer, t) for t in texts]
     conts = label_continuations(tokenizer, prompts[0])
-    single = all(len(c) == 1 for c in conts) and len({c[0] for c in conts}) == len(LABELS)
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    single = not per_label and all(len(c) == 1 for c in conts) and len({c[0] for c in conts}) == len(LABELS)
+    label_ids = [c[0] for c in conts]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(texts), len(LABELS)))
-    try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
-            idx = order[start:start + batch_size]
-            if single:  # one forward: next-token log-probs of the three label tokens
-                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
-                logits = model(**enc).logits[:, -1, :].float()
-                out[idx] = torch.log_softmax(logits, -1)[:, [c[0] for c in conts]].cpu().numpy()
-            else:       # one forward per label: summed log-probs of its tokens
-                for j, label in enumerate(LABELS):
-                    full = [prompts[i] + render_completion(tokenizer, label, eos=False) for i in idx]
-                    enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                    logp = torch.log_softmax(model(**enc).logits[:, :-1].float(), -1)
-                    target = enc["input_ids"][:, 1:]
-                    tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    prefix_len, prefix_cache = 0, None
+    if single and reuse_prefix and len(ids) > 1:
+        prefix_len = _common_prefix(ids)
+        if prefix_len:
+            prefix_cache = model(input_ids=torch.tensor([ids[0][:prefix_len]], device=device),
+                                 use_cache=True).past_key_values
+    pad = tokenizer.pad_token_id
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[start:start + batch_size]
+        if single:
+            # Right-padded suffixes after the (cached) prefix; read the logits at each row's last token.
+            suffixes = [ids[i][prefix_len:] for i in idx]
+            width = max(len(x) for x in suffixes)
+            inp = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), prefix_len + width), dtype=torch.long)
+            mask[:, :prefix_len] = 1
+            for r, suf in enumerate(suffixes):
+                inp[r, :len(suf)] = torch.tensor(suf)
+                mask[r, prefix_len:prefix_len + len(suf)] = 1
+            kwargs: dict[str, Any] = {}
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(idx))
+                kwargs = {"past_key_values": cache,
+                          "position_ids": torch.arange(prefix_len, prefix_len + width).expand(len(idx), -1).to(device)}
+            logits = model(input_ids=inp.to(device), attention_mask=mask.to(device), **kwargs).logits
+            last = torch.tensor([len(s) - 1 for s in suffixes], device=logits.device)
+            final = logits[torch.arange(len(idx), device=logits.device), last].float()
+            out[idx] = torch.log_softmax(final, -1)[:, label_ids].cpu().numpy()
+        else:
+            for j, label in enumerate(LABELS):
+                full = [ids[i] + conts[j] for i in idx]
+                width = max(len(x) for x in full)
+                inp = torch.full((len(idx), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(inp)
+                for r, seq in enumerate(full):
+                    inp[r, :len(seq)] = torch.tensor(seq)
+                    mask[r, :len(seq)] = 1
+                logp = torch.log_softmax(model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+                for r, seq in enumerate(full):
                     k = len(conts[j])
-                    out[idx, j] = tok_lp[:, -k:].sum(-1).cpu().numpy()
-    finally:
-        tokenizer.padding_side = side
+                    positions = torch.arange(len(seq) - k - 1, len(seq) - 1)
+                    out[idx[r], j] = float(logp[r, positions, torch.tensor(conts[j])].sum())
     z = np.exp(out - out.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
 

@@ -70,8 +70,10 @@ def test_scoring_gives_one_valid_label_per_row(tiny_lm, rows):
     assert probs.shape == (len(rows), 3) and np.allclose(probs.sum(1), 1)
     labels = [LABELS[i] for i in probs.argmax(1)]
     assert len(labels) == len(rows) and set(labels) <= set(LABELS)
-    # Batching and padding do not change the scores.
+    # Batching, padding and the reused prefix cache do not change the scores.
     assert np.allclose(probs[:4], score_labels(model, tok, rows["text"][:4], batch_size=1), atol=1e-4)
+    assert np.allclose(probs, score_labels(model, tok, rows["text"], batch_size=7, reuse_prefix=False), atol=1e-4)
+    assert np.allclose(probs, score_labels(model, tok, rows["text"], batch_size=7, per_label=True), atol=1e-4)
 
 
 def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):
