@@ -20,7 +20,7 @@ import pandas as pd
 from .baselines import MajorityClassifier, TfidfLogReg
 from .data import load_split, sample_rows
 from .labels import LABELS
-from .metrics import compute_metrics, headline, probs_to_labels
+from .metrics import compute_metrics, headline, probs_to_labels, test_names
 
 PROB_COLUMNS = [f"p_{lab}" for lab in LABELS]
 
@@ -141,12 +141,8 @@ def evaluate_all(models: Mapping[str, Mapping[str, Any]], test_sets: list[TestSe
     return results, predictions, pairs
 
 
-def all_test_names(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(t for per_test in results.values() for t in per_test))
-
-
 def summary_markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    tests = all_test_names(results)
+    tests = test_names(results)
     lines = ["| model | " + " | ".join(f"{t} acc | {t} macro-F1 | {t} weighted-F1" for t in tests) + " |",
              "|---|" + "---|" * (3 * len(tests))]
     for model, per_test in results.items():

@@ -1,7 +1,7 @@
 """Classification metrics, computed one way for every model and every test set."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
@@ -47,3 +47,8 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def probs_to_labels(probs: np.ndarray) -> list[str]:
     return [LABELS[i] for i in np.asarray(probs).argmax(axis=1)]
+
+
+def test_names(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every test set any model in ``results[model][test_set]`` was scored on, in first-seen order."""
+    return list(dict.fromkeys(t for per_test in results.values() for t in per_test))

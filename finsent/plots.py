@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .labels import LABELS  # noqa: E402
+from .metrics import test_names  # noqa: E402
 
 DPI = 90
 
@@ -72,7 +73,7 @@ def model_comparison_figure(results: Mapping[str, Mapping[str, Mapping[str, Any]
                             metric: str = "macro_f1") -> None:
     """Grouped bars: one group per test set, one bar per model."""
     models = list(results)
-    tests = list(dict.fromkeys(t for per_test in results.values() for t in per_test))
+    tests = test_names(results)
     x = np.arange(len(tests))
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(tests), 4))
