@@ -19,11 +19,7 @@ import pandas as pd
 
 from .baselines import MajorityClassifier, TfidfLogReg
 from .data import load_split, sample_rows
-from .labels import LABELS
-from .metrics import compute_metrics, headline, probs_to_labels, test_names
-
-PROB_COLUMNS = [f"p_{lab}" for lab in LABELS]
-
+from .metrics import PROB_COLUMNS, compute_metrics, headline, prediction_frame, test_names
 
 @dataclass
 class TestSet:
@@ -106,15 +102,6 @@ def predict(model, split: str, frame: pd.DataFrame) -> np.ndarray:
     if isinstance(model, PrecomputedPredictions):
         return model.predict_frame(split, frame)
     return model.predict_proba(frame["text"].tolist())
-
-
-def prediction_frame(frame: pd.DataFrame, probs: np.ndarray, model: str) -> pd.DataFrame:
-    out = frame[["id", "text", "label"]].copy()
-    out["pred"] = probs_to_labels(probs)
-    for col, values in zip(PROB_COLUMNS, np.asarray(probs).T):
-        out[col] = np.round(values, 5)
-    out["model"] = model
-    return out
 
 
 def evaluate_all(models: Mapping[str, Mapping[str, Any]], test_sets: list[TestSet], train_df: pd.DataFrame,

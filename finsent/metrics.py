@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 
 from .labels import LABELS
@@ -47,6 +48,19 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def probs_to_labels(probs: np.ndarray) -> list[str]:
     return [LABELS[i] for i in np.asarray(probs).argmax(axis=1)]
+
+
+PROB_COLUMNS = [f"p_{lab}" for lab in LABELS]
+
+
+def prediction_frame(frame: pd.DataFrame, probs: np.ndarray, model: str) -> pd.DataFrame:
+    """The predictions file every model writes: id, text, label, pred, p_<label> per class, model."""
+    out = frame[["id", "text", "label"]].copy()
+    out["pred"] = probs_to_labels(probs)
+    for col, values in zip(PROB_COLUMNS, np.asarray(probs).T):
+        out[col] = np.round(values, 5)
+    out["model"] = model
+    return out
 
 
 def test_names(results: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -71,20 +71,25 @@ def metrics_by_class_figure(model: str, per_test: Mapping[str, Mapping[str, Any]
 
 def model_comparison_figure(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path: str | Path,
                             metric: str = "macro_f1") -> None:
-    """Grouped bars: one group per test set, one bar per model."""
+    """Grouped bars: one group per test set, one bar per model scored on it (a model that was not
+    scored on a test set gets no bar, rather than a bar at zero). Colours are fixed per model."""
     models = list(results)
     tests = test_names(results)
-    x = np.arange(len(tests))
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(tests), 4))
-    for k, model in enumerate(models):
-        vals = [results[model][t][metric] if t in results[model] else 0.0 for t in tests]
-        bars = ax.bar(x + (k - (len(models) - 1) / 2) * width, vals, width, label=model)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks(x, tests)
+    colours = {m: plt.get_cmap("tab10")(k % 10) for k, m in enumerate(models)}
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(2.6 + 2.2 * len(tests), 4))
+    labelled: set[str] = set()
+    for i, test in enumerate(tests):
+        scored = [m for m in models if test in results[m]]
+        for k, model in enumerate(scored):
+            bars = ax.bar(i + (k - (len(scored) - 1) / 2) * width, results[model][test][metric], width,
+                          color=colours[model], label=None if model in labelled else model)
+            labelled.add(model)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(np.arange(len(tests)), tests)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(metric)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"{metric} by model and test set", fontsize=11)
     _save(fig, path)

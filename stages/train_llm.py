@@ -13,17 +13,19 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from accelerate import PartialState  # noqa: E402
+
 from finsent.config import METRICS_DIR, MODELS_DIR, RUNS_DIR, load_params, require  # noqa: E402
 from finsent.data import load_split, sample_rows  # noqa: E402
 from finsent.split import exclude_texts  # noqa: E402
-from finsent.evaluate import prediction_frame  # noqa: E402
 from finsent.io import StageClock, write_csv, write_json  # noqa: E402
-from finsent.llm import add_lora, load_causal_lm, score_labels, sft_train  # noqa: E402
-from finsent.metrics import compute_metrics, probs_to_labels  # noqa: E402
+from finsent.llm import add_lora, load_causal_lm, merged_for_inference, score_frames, sft_train  # noqa: E402
+from finsent.metrics import compute_metrics, prediction_frame, probs_to_labels  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     hp = require(params, f"llm_hp_sets.{name}")
     seed = int(params.get("seed", 42))
     out_dir = Path(args.out_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
+    # Under `accelerate launch` every process trains (data parallel); only the main one scores and writes.
+    main_process = PartialState().is_main_process
+    if main_process:
+        shutil.rmtree(out_dir, ignore_errors=True)
 
     # The rows evaluate will score (same sampling, same seed), and training rows that share none of their text.
     tests = {split: sample_rows(load_split(split, "test"), params.get("evaluate", {}).get("max_rows"), seed)
@@ -53,25 +58,36 @@ def main(argv: list[str] | None = None) -> int:
     quant = hp.get("quantization") or {}
     model, tokenizer = load_causal_lm(hp["model"], quantization=quant, dtype=hp.get("dtype"))
     summary: dict = {"hp_set": name, "model": hp["model"], "quantized_4bit": bool(quant.get("load_in_4bit")),
+                     "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                      "train_rows_removed_as_test_text": removed}
     batch = int(cfg.get("score_batch_size", 16))
-    for stage_name in ("base", "lora"):
-        if stage_name == "lora":
-            model = add_lora(model, hp["lora"], quantized=bool(quant.get("load_in_4bit")))
-            summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            summary.update(sft_train(model, tokenizer, train_df, val_df, hp, work_dir=out_dir / "checkpoints",
-                                     log_dir=RUNS_DIR / "llm" / name, max_steps=cfg.get("max_steps")))
-            if summary.pop("is_main_process", True):
-                model.save_pretrained(out_dir / "adapter")  # the LoRA adapter only, never merged into 4-bit weights
-                tokenizer.save_pretrained(out_dir / "adapter")
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+
+    def score(stage_name: str) -> None:
+        start = time.perf_counter()
+        with merged_for_inference(model):
+            scored = score_frames(model, tokenizer, tests, batch_size=batch, desc=f"score {stage_name}")
+        summary[f"{stage_name}_score_seconds"] = round(time.perf_counter() - start, 1)
         for split, frame in tests.items():
-            probs = score_labels(model, tokenizer, frame["text"], batch_size=batch, desc=f"{stage_name}:{split}")
-            write_csv(prediction_frame(frame, probs, f"llm_{stage_name}"),
+            write_csv(prediction_frame(frame, scored[split], f"llm_{stage_name}"),
                       out_dir / "predictions" / stage_name / f"{split}.csv")
-            acc = compute_metrics(frame["label"], probs_to_labels(probs))["accuracy"]
+            acc = compute_metrics(frame["label"], probs_to_labels(scored[split]))["accuracy"]
             summary[f"{stage_name}_accuracy_{split}"] = acc
             print(f"train_llm: {stage_name} accuracy on {split} test ({len(frame)} rows): {acc:.4f}")
+
+    if main_process:
+        score("base")
+    model = add_lora(model, hp["lora"], quantized=bool(quant.get("load_in_4bit")))
+    summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained, history = sft_train(model, tokenizer, train_df, val_df, hp, work_dir=out_dir / "checkpoints",
+                                 log_dir=RUNS_DIR / "llm" / name, max_steps=cfg.get("max_steps"))
+    if not main_process:
+        return 0
+    summary.update(trained)
+    model.save_pretrained(out_dir / "adapter")  # the LoRA adapter only, never merged into 4-bit weights
+    tokenizer.save_pretrained(out_dir / "adapter")
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    write_csv(history, METRICS_DIR / "train_llm_history.csv")
+    score("lora")
     write_json(summary, METRICS_DIR / "train_llm.json")
     return 0
 

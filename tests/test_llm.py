@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from finsent.labels import LABELS
-from finsent.llm import add_lora, check_4bit_support, load_causal_lm, lora_target_names, score_labels, sft_train
+from finsent.llm import (add_lora, check_4bit_support, load_causal_lm, lora_target_names, merged_for_inference,
+                         resolve_dtype, score_frames, score_labels, sft_train)
 from finsent.prompts import label_continuations, render_completion, render_prompt
 
 
@@ -74,6 +75,25 @@ def test_scoring_gives_one_valid_label_per_row(tiny_lm, rows):
     assert np.allclose(probs[:4], score_labels(model, tok, rows["text"][:4], batch_size=1), atol=1e-4)
     assert np.allclose(probs, score_labels(model, tok, rows["text"], batch_size=7, reuse_prefix=False), atol=1e-4)
     assert np.allclose(probs, score_labels(model, tok, rows["text"], batch_size=7, per_label=True), atol=1e-4)
+    # Several frames sharing texts: each distinct text is scored once, every row gets its text's scores.
+    frames = {"a": rows.iloc[:20], "b": rows.iloc[10:].sample(frac=1.0, random_state=0)}
+    scored = score_frames(model, tok, frames, batch_size=5)
+    assert np.allclose(scored["a"], probs[:20], atol=1e-4)
+    assert np.allclose(scored["b"], probs[frames["b"].index], atol=1e-4)
+
+
+def test_llm_stage_scores_every_split_evaluate_reads():
+    """evaluate reads the LLM's predictions per split; the stage must write each of them."""
+    from finsent.config import load_params
+    from finsent.evaluate import test_sets_for, test_sets_from_params
+
+    params = load_params()
+    test_sets = test_sets_from_params(params["evaluate"]["test_sets"])
+    llm_models = {name: spec for name, spec in params["evaluate"]["models"].items()
+                  if spec["kind"] == "predictions" and spec["path"].startswith("models/llm/")}
+    assert set(llm_models) == {"llm_base", "llm_lora"}
+    for name, spec in llm_models.items():
+        assert {ts.split for ts in test_sets_for(name, spec, test_sets)} <= set(params["llm"]["eval_splits"])
 
 
 def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):
@@ -81,24 +101,40 @@ def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):
     model = add_lora(model, {"r": 8, "alpha": 128, "dropout": 0.0}, quantized=False)
     hp = {"learning_rate": 5e-3, "batch_size": 12, "grad_accum": 1, "epochs": 5, "max_length": 128, "seed": 0,
           "warmup": 0.0, "scheduler": "constant", "logging_steps": 1}
-    summary = sft_train(model, tok, rows, None, hp, work_dir=tmp_path / "w", log_dir=tmp_path / "tb")
+    summary, history = sft_train(model, tok, rows, None, hp, work_dir=tmp_path / "w", log_dir=tmp_path / "tb")
     assert summary["steps"] == 5 * 3 and summary["last_loss"] < 0.5 * summary["first_loss"], summary
+    assert history["step"].tolist() == list(range(1, 16)) and abs(history["train_loss"].iloc[-1] - summary["last_loss"]) < 1e-3
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
-    acc = (np.array([LABELS[i] for i in score_labels(model, tok, rows["text"]).argmax(1)]) == rows["label"]).mean()
+    probs = score_labels(model, tok, rows["text"])
+    acc = (np.array([LABELS[i] for i in probs.argmax(1)]) == rows["label"]).mean()
     assert acc > 0.6  # it fits its training rows: the loss really reaches the label tokens
+    # Scoring with the adapter merged (the fast path) gives the same scores, and leaves it unmerged.
+    with merged_for_inference(model):
+        assert any(getattr(m, "merged", False) for m in model.modules())
+        assert np.allclose(score_labels(model, tok, rows["text"]), probs, atol=1e-4)
+    assert np.allclose(score_labels(model, tok, rows["text"]), probs, atol=1e-5)
 
 
 def test_4bit_cpu_lora_gradients_nonzero_after_eval_pass(tiny_lm, rows):
     pytest.importorskip("bitsandbytes")
     model, tok = load_causal_lm(tiny_lm, quantization={"load_in_4bit": True, "compute_dtype": "float32"})
     model = add_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0}, quantized=True)
-    score_labels(model, tok, rows["text"][:4])          # an inference pass first (the repack trigger)
+    with merged_for_inference(model):                    # never merged into 4-bit weights
+        assert not any(getattr(m, "merged", False) for m in model.modules())
+        score_labels(model, tok, rows["text"][:4])      # an inference pass first (the repack trigger)
     model.train()
     enc = tok(list(rows["text"][:4]), return_tensors="pt", padding=True)
     model(**enc, labels=enc["input_ids"]).loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
     assert grads and all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_dtype_auto_and_bad_names():
+    assert resolve_dtype(None) is None and resolve_dtype("float32") is torch.float32
+    assert resolve_dtype("auto") in (torch.bfloat16, torch.float32)
+    with pytest.raises(ValueError, match="use auto, float32"):
+        resolve_dtype("float33")
 
 
 def test_4bit_without_bitsandbytes_fails_clearly(monkeypatch):

@@ -9,6 +9,7 @@ import yaml
 
 from finsent.ci import ci_params, commit_all, run, scratch_copy
 from finsent.config import dump_params
+from finsent.evaluate import test_sets_for, test_sets_from_params
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +39,23 @@ def test_every_declared_output_exists(repo):
     assert (repo / "models/encoder/config.json").exists()
     assert list((repo / "runs/encoder/tiny").glob("events.out.tfevents.*"))
     assert (repo / "data/interim/rejects/fpb.csv").exists()
+    assert (repo / "models/llm/adapter/adapter_config.json").exists()
+    assert not list((repo / "models/llm").rglob("model*.safetensors"))  # the adapter only, never merged weights
+    hp_set = yaml.safe_load((repo / "params.yaml").read_text())["llm"]["hp_set"]
+    assert list((repo / f"runs/llm/{hp_set}").glob("events.out.tfevents.*"))
 
 
 def test_metrics_cover_every_model_and_test_set(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
-    models, tests = set(params["evaluate"]["models"]), set(params["evaluate"]["test_sets"])
-    assert set(ev) == models and all(set(v) == tests for v in ev.values())
+    models = params["evaluate"]["models"]
+    test_sets = test_sets_from_params(params["evaluate"]["test_sets"])
+    assert set(ev) == set(models)
     per_class = json.loads((repo / "metrics/per_class.json").read_text())
     assert set(per_class["encoder"]["fpb"]) == {"negative", "neutral", "positive"}
-    for model in models:
+    for model, spec in models.items():
+        tests = [ts.name for ts in test_sets_for(model, spec, test_sets)]
+        assert set(ev[model]) == set(tests)
         for test in tests:
             m = ev[model][test]
             assert 0 <= m["macro_f1"] <= m["accuracy"] + 1 and m["n"] > 0
@@ -63,6 +71,13 @@ def test_metrics_cover_every_model_and_test_set(repo):
     assert train["hp_set"] == "tiny" and train["train_rows"] == 1200
     history = pd.read_csv(repo / "metrics/train_history.csv")
     assert len(history) >= 1 and history["val_macro_f1"].notna().all()
+    # The LLM: no model trained on FPB's train rows is scored on the balanced test; the LoRA run learns.
+    assert set(ev["encoder"]) == {"fpb", "fpb_allagree", "tweets"} and "fpb_balanced" in ev["llm_lora"]
+    assert ev["llm_lora"]["fpb_balanced"]["accuracy"] > ev["llm_base"]["fpb_balanced"]["accuracy"] + 0.1
+    llm = json.loads((repo / "metrics/train_llm.json").read_text())
+    assert llm["train_rows"] == 96 and llm["last_loss"] < llm["first_loss"]
+    llm_history = pd.read_csv(repo / "metrics/train_llm_history.csv")
+    assert len(llm_history) >= 2 and llm_history["train_loss"].notna().all()
 
 
 def test_second_repro_does_nothing_and_dvc_reads_metrics(repo):
