@@ -26,7 +26,8 @@ TOLERANCE = 0.03  # absolute macro-F1: room for float differences between CPUs, 
 CI_DIR = Path("ci")
 OVERRIDES = CI_DIR / "overrides.yaml"
 REFERENCE = CI_DIR / "reference"
-METRIC_FILES = ("convert.json", "split.json", "train.json", "train_llm.json", "evaluate.json", "per_class.json")
+METRIC_FILES = ("convert.json", "split.json", "train.json", "train_llm.json", "compare.json", "label.json",
+                "evaluate.json", "per_class.json")
 
 
 def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:

@@ -84,16 +84,16 @@ def test_scoring_gives_one_valid_label_per_row(tiny_lm, rows):
 
 def test_llm_stage_scores_every_split_evaluate_reads():
     """evaluate reads the LLM's predictions per split; the stage must write each of them."""
+    from finsent import evaluate
     from finsent.config import load_params
-    from finsent.evaluate import test_sets_for, test_sets_from_params
 
     params = load_params()
-    test_sets = test_sets_from_params(params["evaluate"]["test_sets"])
+    test_sets = evaluate.test_sets_from_params(params["evaluate"]["test_sets"])
     llm_models = {name: spec for name, spec in params["evaluate"]["models"].items()
                   if spec["kind"] == "predictions" and spec["path"].startswith("models/llm/")}
     assert set(llm_models) == {"llm_base", "llm_lora"}
     for name, spec in llm_models.items():
-        assert {ts.split for ts in test_sets_for(name, spec, test_sets)} <= set(params["llm"]["eval_splits"])
+        assert {ts.split for ts in evaluate.test_sets_for(name, spec, test_sets)} <= set(params["llm"]["eval_splits"])
 
 
 def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):

@@ -9,7 +9,7 @@ import yaml
 
 from finsent.ci import ci_params, commit_all, run, scratch_copy
 from finsent.config import dump_params
-from finsent.evaluate import test_sets_for, test_sets_from_params
+from finsent import evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +49,12 @@ def test_metrics_cover_every_model_and_test_set(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
     models = params["evaluate"]["models"]
-    test_sets = test_sets_from_params(params["evaluate"]["test_sets"])
+    test_sets = evaluate.test_sets_from_params(params["evaluate"]["test_sets"])
     assert set(ev) == set(models)
     per_class = json.loads((repo / "metrics/per_class.json").read_text())
     assert set(per_class["encoder"]["fpb"]) == {"negative", "neutral", "positive"}
     for model, spec in models.items():
-        tests = [ts.name for ts in test_sets_for(model, spec, test_sets)]
+        tests = [ts.name for ts in evaluate.test_sets_for(model, spec, test_sets)]
         assert set(ev[model]) == set(tests)
         for test in tests:
             m = ev[model][test]
