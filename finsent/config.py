@@ -15,6 +15,7 @@ PARAMS_FILE = "params.yaml"
 RAW_DIR = Path("data/raw")
 INTERIM_DIR = Path("data/interim")
 SPLITS_DIR = Path("data/splits")
+LABELLED_DIR = Path("data/labelled")   # the label stage's teacher-labelled pool
 MODELS_DIR = Path("models")
 RUNS_DIR = Path("runs")
 METRICS_DIR = Path("metrics")

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import SPLITS_DIR
+from .config import LABELLED_DIR, SPLITS_DIR
 from .io import read_interim
 
 
@@ -27,6 +27,22 @@ def load_split_union(splits: Sequence[str], part: str, root: str | Path = SPLITS
     """Concatenate one part (train/val/test) of several splits, keeping a ``split`` column."""
     frames = [load_split(name, part, root).assign(split=name) for name in splits]
     return pd.concat(frames, ignore_index=True)
+
+
+def training_rows(train_cfg: dict, seed: int, pool: str | Path = LABELLED_DIR / "pool.csv") -> pd.DataFrame:
+    """The rows the encoder and the baselines learn from. ``train.labels: gold`` (default): the train
+    parts of ``train.splits`` with their own labels; ``teacher``: the pool the label stage labelled
+    with its teacher (the student setting). Sampled to ``train.max_train_rows`` either way."""
+    source = train_cfg.get("labels", "gold")
+    if source == "gold":
+        frame = load_split_union(train_cfg["splits"], "train")
+    elif source == "teacher":
+        if not Path(pool).exists():
+            raise FileNotFoundError(f"{pool}: no teacher-labelled pool; run `dvc repro label` first")
+        frame = read_interim(pool)[["id", "text", "label"]].assign(split="teacher")
+    else:
+        raise ValueError(f"params.yaml train.labels={source!r}: use gold or teacher")
+    return sample_rows(frame, train_cfg.get("max_train_rows"), seed)
 
 
 def sample_rows(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:

@@ -144,3 +144,20 @@ def split_metrics(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tup
     heads = {m: {t: headline(v) for t, v in per.items()} for m, per in results.items()}
     per_class = {m: {t: v["per_class"] for t, v in per.items()} for m, per in results.items()}
     return heads, per_class
+
+
+def student_report(results: Mapping[str, Mapping[str, Mapping[str, Any]]], labels: str,
+                   label_metrics: Mapping[str, Any] | None, student: str = "encoder") -> dict[str, Any]:
+    """How much of its teacher the student keeps: student accuracy on each test set over the
+    teacher's accuracy against gold (measured by the label stage on the pool it labelled).
+    With ``train.labels: gold`` the teacher is the gold labels themselves (accuracy 1)."""
+    if labels == "teacher":
+        if not label_metrics or not label_metrics.get("agreement_with_gold", {}).get("n"):
+            raise ValueError("train.labels=teacher but metrics/label.json has no agreement with gold; run the label stage")
+        teacher, teacher_acc = label_metrics["teacher_id"], float(label_metrics["agreement_with_gold"]["accuracy"])
+    else:
+        teacher, teacher_acc = "gold", 1.0
+    return {"labels": labels, "teacher": teacher, "teacher_accuracy_vs_gold": teacher_acc, "student": student,
+            "per_test_set": {t: {"student_accuracy": m["accuracy"],
+                                 "student_teacher_ratio": round(m["accuracy"] / teacher_acc, 4) if teacher_acc else None}
+                             for t, m in results.get(student, {}).items()}}

@@ -7,6 +7,7 @@ metrics/plots/images/, and the predictions in predictions/<model>/<split>.csv.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.config import METRICS_DIR, PLOTS_DIR, load_params, require  # noqa: E402
-from finsent.data import load_split_union, sample_rows  # noqa: E402
-from finsent.evaluate import evaluate_all, split_metrics, summary_markdown, test_sets_from_params  # noqa: E402
+from finsent.data import training_rows  # noqa: E402
+from finsent.evaluate import (evaluate_all, split_metrics, student_report, summary_markdown,  # noqa: E402
+                              test_sets_from_params)
 from finsent.io import StageClock, write_csv, write_json  # noqa: E402
 from finsent.plots import confusion_figure, metrics_by_class_figure, model_comparison_figure  # noqa: E402
 
@@ -31,12 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     train_cfg = require(params, "train")
     seed = int(params.get("seed", 42))
     # Baselines see exactly the rows the encoder was trained on.
-    train_df = sample_rows(load_split_union(train_cfg["splits"], "train"), train_cfg.get("max_train_rows"), seed)
+    train_df = training_rows(train_cfg, seed)
     test_sets = test_sets_from_params(cfg["test_sets"])
     results, predictions, pairs = evaluate_all(cfg["models"], test_sets, train_df, max_rows=cfg.get("max_rows"), seed=seed)
 
     heads, per_class = split_metrics(results)
     write_json(heads, METRICS_DIR / "evaluate.json")
+    label_file = METRICS_DIR / "label.json"
+    label_metrics = json.loads(label_file.read_text()) if label_file.exists() else None
+    write_json(student_report(results, train_cfg.get("labels", "gold"), label_metrics), METRICS_DIR / "student.json")
     write_json(per_class, METRICS_DIR / "per_class.json")
     (METRICS_DIR / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
     for sub in ("reports", "plots/confusion", "plots/images"):

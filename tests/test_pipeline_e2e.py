@@ -80,6 +80,20 @@ def test_metrics_cover_every_model_and_test_set(repo):
     assert len(llm_history) >= 2 and llm_history["train_loss"].notna().all()
 
 
+def test_teacher_stages_keyless(repo):
+    """Without a key or a server the OpenAI candidates are skipped, the local ones run, gold labels the pool."""
+    compare = json.loads((repo / "metrics/compare.json").read_text())
+    statuses = {k: v["status"] for k, v in compare["candidates"].items()}
+    assert statuses["gpt-4o-mini"] == "skipped" and statuses["smollm2_zeroshot"] == "ran"
+    assert compare["best"] in statuses and compare["candidates"][compare["best"]]["status"] == "ran"
+    label = json.loads((repo / "metrics/label.json").read_text())
+    assert label["teacher"] == "gold" and label["labelled"] == 500 == sum(label["per_label"].values())
+    pool = pd.read_csv(repo / "data/labelled/pool.csv")
+    assert len(pool) == 500 and pool["id"].is_unique and set(pool["label"]) <= {"negative", "neutral", "positive"}
+    student = json.loads((repo / "metrics/student.json").read_text())
+    assert student["labels"] == "gold" and set(student["per_test_set"]) == {"fpb", "fpb_allagree", "tweets"}
+
+
 def test_second_repro_does_nothing_and_dvc_reads_metrics(repo):
     status = run(["dvc", "status"], repo, capture_output=True).stdout
     assert "up to date" in status
