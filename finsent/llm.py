@@ -160,8 +160,9 @@ def load_causal_lm(ref: str, quantization: Mapping[str, Any] | None = None, dtyp
 # LoRA
 # ---------------------------------------------------------------------------------------------
 
-def add_lora(model, spec: Mapping[str, Any], quantized: bool):
-    """Wrap ``model`` with LoRA adapters (peft); fail loudly if nothing is trainable."""
+def add_lora(model, spec: Mapping[str, Any], quantized: bool, seed: int = 0):
+    """Wrap ``model`` with LoRA adapters (peft); fail loudly if nothing is trainable. The adapters'
+    random initialisation is seeded (the Trainer seeds only later, after the model exists)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
@@ -171,6 +172,7 @@ def add_lora(model, spec: Mapping[str, Any], quantized: bool):
     config = LoraConfig(r=int(spec.get("r", 16)), lora_alpha=int(spec.get("alpha", 32)),
                         lora_dropout=float(spec.get("dropout", 0.05)), target_modules=targets,
                         bias="none", task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
     model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainable == 0:

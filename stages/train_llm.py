@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if main_process:
         score("base")
-    model = add_lora(model, hp["lora"], quantized=bool(quant.get("load_in_4bit")))
+    model = add_lora(model, hp["lora"], quantized=bool(quant.get("load_in_4bit")), seed=int(hp["seed"]))
     summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained, history = sft_train(model, tokenizer, train_df, val_df, hp, work_dir=out_dir / "checkpoints",
                                  log_dir=RUNS_DIR / "llm" / name, max_steps=cfg.get("max_steps"))

@@ -56,6 +56,16 @@ def test_lora_covers_phi2_modules():
         add_lora(PhiForCausalLM(model.config), {"target_modules": ["no_such_module"]}, quantized=False)
 
 
+def test_lora_initialisation_is_seeded(tiny_lm):
+    def lora_a(seed, global_state):
+        model, _ = load_causal_lm(tiny_lm)
+        torch.manual_seed(global_state)  # whatever the global RNG went through before, the seed decides
+        wrapped = add_lora(model, {"r": 4, "alpha": 8}, quantized=False, seed=seed)
+        return torch.cat([p.detach().flatten() for n, p in wrapped.named_parameters() if "lora_A" in n])
+
+    assert torch.equal(lora_a(7, 1), lora_a(7, 2)) and not torch.equal(lora_a(7, 1), lora_a(8, 1))
+
+
 def test_prompt_and_label_tokens(tiny_lm):
     model, tok = load_causal_lm(tiny_lm)
     prompt = render_prompt(tok, "Sales rose .")
