@@ -27,7 +27,7 @@ CI_DIR = Path("ci")
 OVERRIDES = CI_DIR / "overrides.yaml"
 REFERENCE = CI_DIR / "reference"
 METRIC_FILES = ("convert.json", "split.json", "train.json", "train_llm.json", "compare.json", "label.json",
-                "evaluate.json", "per_class.json")
+                "evaluate.json", "per_class.json", "student.json")
 
 
 def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
