@@ -21,8 +21,14 @@ def test_reference_matches_the_ci_configuration(root):
     """ci/reference must come from the current CI overrides (refresh: python -m finsent.ci update)."""
     overrides = yaml.safe_load((root / OVERRIDES).read_text())
     reference = yaml.safe_load((root / REFERENCE / "params.yaml").read_text())
-    for section, values in overrides.items():
-        for key, value in values.items():
-            assert reference[section][key] == value, f"{section}.{key}"
+    def leaves(tree, prefix=()):
+        for key, value in tree.items():
+            yield from leaves(value, prefix + (key,)) if isinstance(value, dict) else [(prefix + (key,), value)]
+
+    for path, value in leaves(overrides):
+        node = reference
+        for key in path:
+            node = node[key]
+        assert node == value, ".".join(path)
     current = ci_params(root)
     assert set(json.loads((root / REFERENCE / "evaluate.json").read_text())) == set(current["evaluate"]["models"])
