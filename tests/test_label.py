@@ -29,14 +29,26 @@ def posts(fpb):
     return fpb.rows["text"].head(60).tolist()
 
 
+@pytest.fixture
+def workdir(tmp_path, fpb, tweets):
+    """A working directory holding the split files the stages read (data/splits is a DVC output, absent
+    from a fresh clone), built from the raw data the fixtures convert."""
+    from finsent.io import write_csv
+
+    write_csv(fpb.rows, tmp_path / "data/splits/fpb/train.csv")
+    write_csv(tweets.rows.sample(200, random_state=0), tmp_path / "data/splits/tweets/val.csv")
+    return tmp_path
+
+
 def teacher(url: str, **kw) -> OpenAITeacher:
     return OpenAITeacher(model="finsent-test", base_url=url, api_key_env="FINSENT_TEST_KEY_UNSET",
                          price=(0.15, 0.60), **kw)
 
 
-def stats(url: str) -> dict:
+def stats(url: str, key: str | None = None) -> dict:
     import urllib.request
-    return json.loads(urllib.request.urlopen(url + "/stats").read())
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return json.loads(urllib.request.urlopen(urllib.request.Request(url + "/stats", headers=headers)).read())
 
 
 def test_parse_label_never_defaults():
@@ -90,7 +102,8 @@ def test_retry_after_headers():
 
 
 @pytest.mark.slow
-def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, tmp_path, root, monkeypatch):
+def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, workdir, root, monkeypatch):
+    tmp_path = workdir
     secret = "sk-finsent-test-" + "x" * 24
     monkeypatch.setenv("FINSENT_TEST_KEY", secret)  # the stage subprocesses inherit it
     app = create_app(classifier, "finsent-test", max_wait_ms=30, api_key=secret)
@@ -103,7 +116,7 @@ def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, t
         cmd = [sys.executable, str(root / "stages/label.py"), "--params", str(tmp_path / "params.yaml"),
                "--out-dir", str(tmp_path / "out"), "--metrics-dir", str(tmp_path / "metrics")]
         log = open(tmp_path / "run1.log", "w")
-        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
         db = tmp_path / "cache/labels.sqlite"
         deadline = time.time() + 120
         while time.time() < deadline:  # kill -9 once some answers are in the cache
@@ -114,10 +127,10 @@ def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, t
         proc.wait()
         answered = {r[0] for r in sqlite3.connect(db).execute("SELECT key FROM answers")}
         assert 40 <= len(answered) < 300, "kill the run mid-way"
-        before = stats(url)["per_text"]
+        before = stats(url, secret)["per_text"]
         with open(tmp_path / "run2.log", "w") as log2:
-            subprocess.run(cmd, cwd=root, stdout=log2, stderr=subprocess.STDOUT, check=True)
-        after = stats(url)["per_text"]
+            subprocess.run(cmd, cwd=tmp_path, stdout=log2, stderr=subprocess.STDOUT, check=True)
+        after = stats(url, secret)["per_text"]
     pool = __import__("pandas").read_csv(tmp_path / "out/pool.csv")
     metrics = json.loads((tmp_path / "metrics/label.json").read_text())
     assert len(pool) + metrics["quarantined"] + metrics["failed"] == 300 and metrics["cache_hits"] >= len(answered)
@@ -171,10 +184,11 @@ def test_batch_mode_submits_once_and_resumes(classifier, posts, tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_stage_against_serve(classifier, tmp_path, root):
+def test_compare_stage_against_serve(classifier, workdir, root):
     """stages/compare.py as DVC runs it, with an OpenAI-compatible candidate served on 127.0.0.1."""
     with BackgroundServer(create_app(classifier, "finsent-minilm")) as url:
         params = load_params(root / "params.yaml")
+        tmp_path = workdir
         params["label"]["cache_dir"] = str(tmp_path / "cache")
         params["compare"].update(gold={"split": "tweets", "part": "val", "n": 60}, candidates={
             "served_minilm": {"teacher": "openai", "model": "finsent-minilm", "base_url": url},
@@ -182,7 +196,7 @@ def test_compare_stage_against_serve(classifier, tmp_path, root):
             "nowhere": {"teacher": "openai", "model": "x", "base_url": "http://127.0.0.1:9/v1"}})
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         subprocess.run([sys.executable, str(root / "stages/compare.py"), "--params", str(tmp_path / "params.yaml"),
-                        "--metrics-dir", str(tmp_path / "m")], cwd=root, check=True, capture_output=True)
+                        "--metrics-dir", str(tmp_path / "m")], cwd=tmp_path, check=True, capture_output=True)
     result = json.loads((tmp_path / "m/compare.json").read_text())
     c = result["candidates"]
     assert c["nowhere"]["status"] == "skipped" and "APIConnectionError" in c["nowhere"]["reason"]
