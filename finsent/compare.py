@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Sequence
 
-from .label import LabelCache, TeacherUnavailable, make_teacher
+from .label import LabelCache, TeacherUnavailable, make_teacher, usage_totals
 from .labels import LABELS
 from .metrics import compute_metrics
 
@@ -37,10 +37,8 @@ def score_candidate(teacher, texts: Sequence[str], gold: Sequence[str], cache: L
         "macro_f1": m["macro_f1"] if m else 0.0, "weighted_f1": m["weighted_f1"] if m else 0.0,
         "per_class_recall": {lab: v["recall"] for lab, v in m["per_class"].items()} if m else {},
         "confusion_matrix": m["confusion_matrix"] if m else None,
-        "prompt_tokens": sum(a.prompt_tokens for a in answers),
-        "completion_tokens": sum(a.completion_tokens for a in answers),
-        "cost_usd": round(sum(a.cost_usd for a in answers), 6),
-        "cost_usd_this_run": round(sum(a.cost_usd for a in fresh), 6),
+        **usage_totals(answers),
+        "cost_usd_this_run": usage_totals(fresh)["cost_usd"],
         "latency_ms_per_post": round(1000 * sum(a.latency_s for a in fresh) / len(fresh), 2) if fresh else None,
         "wall_seconds": round(wall, 2), "cache_hits": len(answers) - len(fresh),
     }

@@ -165,13 +165,31 @@ def price_of(prices: Mapping[str, Mapping[str, float]], model: str) -> tuple[flo
     return float(p.get("input_per_1m", 0.0)), float(p.get("output_per_1m", 0.0))
 
 
+def approx_tokens(text: str) -> int:
+    """Token count without the model's tokenizer: about 4 characters per token (OpenAI's rule of thumb).
+    The cost estimate and `finsent serve`'s ``usage`` both count this way."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def cost_usd(prompt_tokens: int, completion_tokens: int, price: tuple[float, float]) -> float:
+    """USD for a token count at (input, output) USD per 1M tokens."""
+    return prompt_tokens * price[0] / 1e6 + completion_tokens * price[1] / 1e6
+
+
+def usage_totals(answers: Sequence[Answer]) -> dict[str, Any]:
+    """Prompt and completion tokens and USD summed over answers (for metrics and the ledger)."""
+    return {"prompt_tokens": sum(a.prompt_tokens for a in answers),
+            "completion_tokens": sum(a.completion_tokens for a in answers),
+            "cost_usd": round(sum(a.cost_usd for a in answers), 6)}
+
+
 def estimate_cost(texts: Sequence[str], price: tuple[float, float], completion_tokens: int = 8) -> dict[str, float]:
-    """Before a run: tokens (about 4 characters each, prompt included) and USD for ``texts``."""
-    prompt_chars = [sum(len(m["content"]) for m in messages(t)) + 16 for t in texts]
-    prompt_tokens = sum(math.ceil(c / 4) for c in prompt_chars)
+    """Before a run: tokens (about 4 characters each, prompt included, 4 more per request for the
+    chat format) and USD for ``texts``."""
+    prompt_tokens = sum(approx_tokens("".join(m["content"] for m in messages(t))) + 4 for t in texts)
     out_tokens = completion_tokens * len(texts)
     return {"rows": len(texts), "prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
-            "usd": round(prompt_tokens * price[0] / 1e6 + out_tokens * price[1] / 1e6, 6)}
+            "usd": round(cost_usd(prompt_tokens, out_tokens, price), 6)}
 
 
 def retry_after_seconds(exc: Exception) -> float | None:
@@ -256,9 +274,9 @@ class OpenAITeacher:
         label, reason = parse_label(choice.message.content)
         usage = completion.usage
         pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-        cost = (pt * self.price[0] / 1e6 + ct * self.price[1] / 1e6) * price_factor
         return Answer(label, "ok" if label else "quarantined", reason,
-                      confidence_from_logprobs(choice.logprobs) if label else None, pt, ct, round(cost, 8),
+                      confidence_from_logprobs(choice.logprobs) if label else None, pt, ct,
+                      round(cost_usd(pt, ct, self.price) * price_factor, 8),
                       latency_s, attempts)
 
     async def ask(self, client, text: str) -> Answer:

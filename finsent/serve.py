@@ -35,6 +35,7 @@ import numpy as np
 from fastapi import FastAPI, Request, Response  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse
 
+from .label import approx_tokens
 from .labels import LABELS
 from .prompts import PROMPT_VERSION, extract_text
 
@@ -257,11 +258,6 @@ def chat_completion(model_id: str, probs: np.ndarray, body: dict[str, Any], prom
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
                   "total_tokens": prompt_tokens + len(pieces)},
     }
-
-
-def approx_tokens(text: str) -> int:
-    """Token count for ``usage`` (about 4 characters per token, as OpenAI's rule of thumb)."""
-    return max(1, math.ceil(len(text) / 4))
 
 
 def create_app(classifier, model_id: str, *, max_batch: int = 64, max_wait_ms: float = 5.0,

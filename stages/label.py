@@ -22,7 +22,7 @@ from finsent.config import METRICS_DIR, load_params, require  # noqa: E402
 from finsent.data import load_split  # noqa: E402
 from finsent.io import StageClock, write_csv, write_json  # noqa: E402
 from finsent.label import (BatchPending, LabelCache, OpenAITeacher, TeacherUnavailable, agreement, cache_key,  # noqa: E402
-                           coverage_table, estimate_cost, make_teacher)
+                           coverage_table, estimate_cost, make_teacher, usage_totals)
 from finsent.labels import LABELS  # noqa: E402
 
 
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed": int((frame["status"] == "failed").sum()),
         "cache_hits": len(answers) - len(fresh),
         "requests": teacher.stats["requests"], "retries": teacher.stats["retries"],
-        "prompt_tokens": sum(a.prompt_tokens for a in fresh),
-        "completion_tokens": sum(a.completion_tokens for a in fresh),
-        "cost_usd": round(sum(a.cost_usd for a in fresh), 6),
+        **usage_totals(fresh),
         "estimated_cost_usd": estimate["usd"] if estimate else 0.0,
         "seconds": round(seconds, 2),
         "posts_per_second": round(len(fresh) / seconds, 2) if fresh and seconds > 0 and name != "gold" else None,
