@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .labels import LABELS
+from .labels import LABELS, normalise_label
 from .prompts import PROMPT_VERSION, messages
 
 
@@ -138,8 +138,9 @@ def parse_label(content: str | None) -> tuple[str | None, str]:
         value = content
     if isinstance(value, dict):
         value = value.get("label")
-    if isinstance(value, str) and value.strip().lower() in LABELS:
-        return value.strip().lower(), ""
+    label = normalise_label(value) if isinstance(value, str) else None
+    if label:
+        return label, ""
     return None, f"answer outside the label set: {content[:80]!r}"
 
 
