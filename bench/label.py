@@ -21,7 +21,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from finsent.data import load_split, sample_rows  # noqa: E402
 from finsent.label import LabelCache, OpenAITeacher  # noqa: E402
-from finsent.serve import BackgroundServer, create_app, load_classifier  # noqa: E402
+from finsent.predict import load_classifier  # noqa: E402
+from finsent.serve import BackgroundServer, create_app  # noqa: E402
 
 
 def main() -> None:

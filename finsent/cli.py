@@ -3,6 +3,8 @@
     finsent model-path REF     where a model reference resolves to (pkg://, local path or hub id)
     finsent ci check|update    the CI metric check (see finsent.ci)
     finsent serve --model REF  an OpenAI-compatible HTTP endpoint for a model (see finsent.serve)
+    finsent predict --model REF INPUT -o OUTPUT
+                               label a CSV / Parquet / JSONL file of any size (see finsent.stream)
 """
 from __future__ import annotations
 
@@ -19,9 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["check", "update"])
     p.add_argument("--tolerance", type=float, default=None)
     p = sub.add_parser("serve", help="serve a model through the OpenAI API shape")
-    p.add_argument("--model", required=True, help="encoder dir, LoRA adapter dir, pkg:// or hub id")
-    p.add_argument("--kind", default="auto", choices=["auto", "encoder", "llm", "causal_lm", "zeroshot"])
-    p.add_argument("--base", help="base model of a LoRA adapter (default: params.yaml's llm hp set)")
+    p.add_argument("--model", required=True, help="encoder dir, ONNX export dir, LoRA adapter dir, pkg:// or hub id")
+    _model_options(p)
     p.add_argument("--model-id", help="the name clients ask for (default finsent-<model dir name>)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -30,14 +31,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key-env", help="require `Authorization: Bearer $VAR` from clients")
     p.add_argument("--faults", help="inject failures for client tests, e.g. 429=0.2,500=0.1,timeout=0.05,offschema=0.1")
     p.add_argument("--fault-seed", type=int, default=0)
+    p = sub.add_parser("predict", help="label a CSV / Parquet / JSONL file, streamed in chunks")
+    p.add_argument("input", help="posts to label: .csv, .parquet or .jsonl (.csv.gz / .jsonl.gz too)")
+    p.add_argument("-o", "--output", required=True, help="where the labels go: .csv, .parquet or .jsonl")
+    p.add_argument("--model", default="models/encoder",
+                   help="model reference (default: the fine-tuned encoder; its ONNX exports are "
+                        "models/encoder_onnx/fp32 and /int8)")
+    _model_options(p)
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--keep-columns", help="comma-separated input columns to copy to the output "
+                                          "(default: all; '' for none)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=4096, help="rows read, sorted and written at a time")
+    p.add_argument("--rejects", help="file for rows that cannot be classified (default: OUTPUT's stem + .rejects.csv)")
+    p.add_argument("--model-id", help="the value of the output's model column (default: model name and backend)")
+    p.add_argument("--input-format", choices=["csv", "parquet", "jsonl"])
+    p.add_argument("--output-format", choices=["csv", "parquet", "jsonl"])
+    p.add_argument("--summary", help="also write the run's summary (counts, posts/s, memory) to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
     if args.command == "serve":
         from .serve import serve
         serve(args.model, kind=args.kind, base=args.base, host=args.host, port=args.port, model_id=args.model_id,
               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, faults=args.faults,
-              fault_seed=args.fault_seed, api_key_env=args.api_key_env)
+              fault_seed=args.fault_seed, api_key_env=args.api_key_env, dtype=args.dtype,
+              max_length=args.max_length, threads=args.threads)
         return 0
+    if args.command == "predict":
+        return _predict(args)
 
     if args.command == "model-path":
         from .models import resolve_model_ref
@@ -46,6 +68,42 @@ def main(argv: list[str] | None = None) -> int:
     from . import ci
     extra = ["--tolerance", str(args.tolerance)] if args.tolerance is not None else []
     return ci.main([args.action, *extra])
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """How a model is loaded and run: the same options for predict and serve (one inference path)."""
+    from .predict import KINDS
+    p.add_argument("--kind", default="auto", choices=KINDS,
+                   help="auto: an ONNX export, a LoRA adapter or a sequence classifier, from the directory")
+    p.add_argument("--base", help="base model of a LoRA adapter (default: params.yaml's llm hp set)")
+    p.add_argument("--dtype", default="auto", help="PyTorch backends: auto (bfloat16 where native), float32, bfloat16")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per post; longer posts are cut (and counted)")
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch / ONNX Runtime (default: their own choice)")
+
+
+def _predict(args) -> int:
+    import json
+    import sys
+
+    from .predict import load_classifier, set_threads
+    from .stream import predict_file
+
+    set_threads(args.threads)
+    classifier = load_classifier(args.model, args.kind, args.base, batch_size=args.batch_size,
+                                 max_length=args.max_length, dtype=args.dtype)
+    keep = None if args.keep_columns is None else [c.strip() for c in args.keep_columns.split(",") if c.strip()]
+    summary = predict_file(classifier, args.input, args.output, text_column=args.text_column, keep_columns=keep,
+                           chunk_size=args.chunk_size, rejects_path=args.rejects, model_id=args.model_id,
+                           input_format=args.input_format, output_format=args.output_format,
+                           progress=not args.no_progress)
+    if args.summary:
+        from .io import write_json
+        write_json(summary, args.summary)
+    print(json.dumps(summary, indent=2))
+    if summary["rows_rejected"]:
+        print(f"predict: {summary['rows_rejected']} rows could not be classified "
+              f"({summary['rejected_by_reason']}); they are listed in {summary['rejects']}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 Models come from params.yaml ``evaluate.models``; each has a ``kind``:
 - ``majority`` / ``tfidf``: baselines fitted here on the same training rows as the encoder;
 - ``zeroshot_embedding``: the base encoder before fine-tuning (cosine to label descriptions);
-- ``encoder``: a sequence classifier directory or model reference (the fine-tuned model);
+- ``encoder``: a sequence classifier directory or model reference (the fine-tuned model), in
+  PyTorch at ``dtype`` (float32 unless given);
+- ``onnx``: an ONNX Runtime export of it (the export stage's fp32 and int8 directories);
 - ``predictions``: a directory of ``<test split>.csv`` files with p_<label> columns written by
   another stage (for models too costly to run here).
 Test sets are ``split`` test parts, optionally filtered (``min_agreement`` for FPB's AllAgree).
+A model with ``reference: <model>`` is another way to run that model (a lower precision, another
+runtime): :func:`backend_report` puts its macro-F1 change and label agreement next to the reference's.
 """
 from __future__ import annotations
 
@@ -69,7 +73,11 @@ def build_model(name: str, spec: Mapping[str, Any], train_df: pd.DataFrame, seed
     if kind == "encoder":
         from .predict import EncoderClassifier
         return EncoderClassifier(spec["model"], batch_size=int(spec.get("batch_size", 64)),
-                                 max_length=int(spec.get("max_length", 128)))
+                                 max_length=int(spec.get("max_length", 128)), dtype=spec.get("dtype", "float32"))
+    if kind == "onnx":
+        from .predict import OnnxClassifier
+        return OnnxClassifier(spec["model"], batch_size=int(spec.get("batch_size", 64)),
+                              max_length=int(spec.get("max_length", 128)))
     if kind == "zeroshot_embedding":
         from .predict import EmbeddingZeroShot
         return EmbeddingZeroShot(spec["model"], batch_size=int(spec.get("batch_size", 64)),
@@ -77,7 +85,7 @@ def build_model(name: str, spec: Mapping[str, Any], train_df: pd.DataFrame, seed
                                  temperature=float(spec.get("temperature", 0.05)))
     if kind == "predictions":
         return PrecomputedPredictions(spec["path"])
-    raise ValueError(f"params.yaml evaluate.models.{name}.kind={kind!r}: use majority, tfidf, encoder, "
+    raise ValueError(f"params.yaml evaluate.models.{name}.kind={kind!r}: use majority, tfidf, encoder, onnx, "
                      f"zeroshot_embedding or predictions")
 
 
@@ -161,3 +169,30 @@ def student_report(results: Mapping[str, Mapping[str, Mapping[str, Any]]], label
             "per_test_set": {t: {"student_accuracy": m["accuracy"],
                                  "student_teacher_ratio": round(m["accuracy"] / teacher_acc, 4) if teacher_acc else None}
                              for t, m in results.get(student, {}).items()}}
+
+
+def backend_report(models: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                   pairs: Mapping[str, Mapping[str, pd.DataFrame]], tolerance: float) -> dict[str, Any]:
+    """For every model with a ``reference``: per test set its macro-F1, the reference's, the change,
+    whether the loss is within ``tolerance`` (0.005 = half a point), and the share of rows where
+    both predict the same label."""
+    report: dict[str, Any] = {}
+    for name, spec in models.items():
+        ref = spec.get("reference")
+        if not ref:
+            continue
+        if ref not in results:
+            raise ValueError(f"params.yaml evaluate.models.{name}.reference={ref!r} is not an evaluated model")
+        report[name] = {"reference": ref, "tolerance": tolerance, "per_test_set": {}}
+        for test, m in results[name].items():
+            if test not in results[ref]:
+                continue
+            base = results[ref][test]["macro_f1"]
+            delta = round(m["macro_f1"] - base, 4)
+            same = (pairs[name][test]["predicted"].to_numpy() == pairs[ref][test]["predicted"].to_numpy()).mean()
+            report[name]["per_test_set"][test] = {
+                "macro_f1": m["macro_f1"], "reference_macro_f1": base, "delta_macro_f1": delta,
+                "within_tolerance": bool(delta >= -tolerance - 1e-9), "label_agreement": round(float(same), 4)}
+        report[name]["all_within_tolerance"] = all(v["within_tolerance"]
+                                                   for v in report[name]["per_test_set"].values())
+    return report

@@ -392,7 +392,7 @@ class LocalTeacher:
     """Any model reference the project can load (encoder, LoRA adapter, zero-shot embedding)."""
 
     def __init__(self, model: str, kind: str = "auto"):
-        from .serve import load_classifier
+        from .predict import load_classifier
 
         self.model, self.kind = model, kind
         self.classifier = load_classifier(model, kind)

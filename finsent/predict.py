@@ -1,9 +1,23 @@
-"""Inference with transformer encoders: the fine-tuned classifier and the zero-shot embedding baseline.
+"""Inference: one path from a model reference to class probabilities over LABELS.
 
-Texts are sorted by length and batched so padding stays small; results come back in input order.
+evaluate, `finsent predict` (finsent.stream), `finsent serve` and the local teacher all load models
+through :func:`load_classifier` and call ``predict_proba(texts) -> (n, 3)``.
+
+Backends (``kind``)
+- ``encoder``: a sequence classifier (the fine-tuned encoder, or any hub / local classifier) in
+  PyTorch, in float32 or bfloat16 (``dtype``; ``auto`` = bfloat16 where the hardware does it natively);
+- ``onnx``: an ONNX Runtime export of it (finsent.export writes fp32 and dynamic-int8 directories);
+- ``llm`` / ``causal_lm``: a causal LM scored by label likelihood (a LoRA adapter on its base, or zero-shot);
+- ``zeroshot``: the base encoder's embeddings against one description per label.
+
+Speed on a CPU: texts are tokenised once, ordered by token count and padded per batch (so a batch
+pads to its own longest post, not the chunk's), under ``torch.inference_mode``; results come back in
+input order. :func:`set_threads` sets PyTorch's and ONNX Runtime's thread counts.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -13,29 +27,23 @@ from tqdm.auto import tqdm
 from .labels import LABEL_DESCRIPTIONS, LABELS
 from .models import resolve_model_ref
 
+ONNX_FILE = "model.onnx"
+MODEL_CARD = "finsent_model.json"  # written by finsent.export: model id, source, precision
+KINDS = ("auto", "encoder", "onnx", "llm", "causal_lm", "zeroshot")
+
+_threads: int | None = None
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` CPU threads in PyTorch and in ONNX Runtime sessions created afterwards (None: their defaults)."""
+    global _threads
+    _threads = int(n) if n else None
+    if _threads:
+        torch.set_num_threads(_threads)
+
 
 def _device(name: str | None = None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def batched_by_length(texts: Sequence[str], tokenizer, forward: Callable[[dict], np.ndarray], *,
-                      batch_size: int, max_length: int, device: torch.device, desc: str = "predict") -> np.ndarray:
-    """Run ``forward`` over length-sorted batches; returns rows in the input order."""
-    texts = list(texts)
-    if not texts:
-        return np.zeros((0, len(LABELS)))
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    outputs: list[np.ndarray] = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
-            idx = order[start:start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt").to(device)
-            outputs.append(forward(enc))
-    stacked = np.concatenate(outputs)
-    result = np.empty_like(stacked)
-    result[order] = stacked
-    return result
 
 
 def label_order(id2label: dict) -> list[int]:
@@ -53,33 +61,117 @@ def label_order(id2label: dict) -> list[int]:
     raise ValueError(f"model labels {sorted(names.values())} cannot be mapped onto {list(LABELS)}")
 
 
-class EncoderClassifier:
-    """A sequence-classification model (the fine-tuned encoder, or any hub / local classifier)."""
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
 
-    def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int = 128, device: str | None = None):
+
+class _Tokenised:
+    """Shared by the encoder backends: tokenise once, run length-ordered batches, restore the order."""
+
+    tokenizer = None
+    batch_size: int = 64
+    max_length: int = 128
+    truncated: int = 0  # posts cut at max_length tokens so far (reported by `finsent predict`)
+    progress: bool = True
+
+    def batched_by_length(self, texts: Sequence[str], forward: Callable[[dict], np.ndarray], *,
+                          tensors: str = "pt", desc: str = "predict") -> np.ndarray:
+        """Run ``forward`` (padded batch -> rows) over batches of similar token count, in input order."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, len(LABELS)))
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(texts))
+        self.truncated += int((lengths >= self.max_length).sum())
+        order = np.argsort(lengths, kind="stable")
+        keys = list(enc.keys())
+        result: np.ndarray | None = None
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(texts), self.batch_size), desc=desc, unit="batch", leave=False,
+                              **({} if self.progress else {"disable": True})):  # else TQDM_DISABLE decides
+                idx = order[start:start + self.batch_size]
+                batch = self.tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors=tensors)
+                rows = forward(batch)
+                if result is None:
+                    result = np.empty((len(texts), rows.shape[1]), dtype=rows.dtype)
+                result[idx] = rows
+        return result
+
+
+class EncoderClassifier(_Tokenised):
+    """A sequence-classification model in PyTorch (the fine-tuned encoder, or any hub / local classifier)."""
+
+    backend = "torch"
+
+    def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int = 128, device: str | None = None,
+                 dtype: str = "float32"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from .llm import resolve_dtype
 
         path = resolve_model_ref(model_ref)
         self.device = _device(device)
+        self.dtype = resolve_dtype(dtype) or torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.columns = label_order(self.model.config.id2label)
         self.batch_size, self.max_length = batch_size, max_length
+        self.model_id = f"{Path(path).name}:torch-{str(self.dtype).removeprefix('torch.')}"
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         def forward(enc: dict) -> np.ndarray:
-            logits = self.model(**enc).logits.float()
+            logits = self.model(**enc.to(self.device)).logits.float()
             return torch.softmax(logits, dim=-1)[:, self.columns].cpu().numpy()
 
-        return batched_by_length(texts, self.tokenizer, forward, batch_size=self.batch_size,
-                                 max_length=self.max_length, device=self.device, desc="encoder")
+        return self.batched_by_length(texts, forward, desc="encoder")
 
 
-class EmbeddingZeroShot:
+class OnnxClassifier(_Tokenised):
+    """An ONNX Runtime export of a sequence classifier: a directory with ``model.onnx``, the
+    tokenizer and ``config.json`` (finsent.export writes one per precision)."""
+
+    backend = "onnx"
+
+    def __init__(self, model_dir: str, *, batch_size: int = 64, max_length: int = 128, threads: int | None = None):
+        import onnxruntime as ort
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = Path(resolve_model_ref(model_dir))
+        if not (path / ONNX_FILE).exists():
+            raise FileNotFoundError(f"{path}: no {ONNX_FILE}; export one with `dvc repro export` "
+                                    f"(or `python stages/export.py`)")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = threads or _threads
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(path / ONNX_FILE), options, providers=providers)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.columns = label_order(AutoConfig.from_pretrained(path).id2label)
+        card = json.loads((path / MODEL_CARD).read_text()) if (path / MODEL_CARD).exists() else {}
+        # an export may pin its batch size (dynamic int8: per-batch activation ranges, see finsent.export)
+        self.batch_size, self.max_length = min(batch_size, card.get("batch_size") or batch_size), max_length
+        self.precision = card.get("precision", "fp32")
+        self.model_id = card.get("model_id") or f"{path.name}:onnx-{self.precision}"
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        def forward(enc: dict) -> np.ndarray:
+            feed = {k: np.asarray(enc[k], dtype=np.int64) for k in self.inputs}
+            return softmax(self.session.run(None, feed)[0].astype(np.float64))[:, self.columns]
+
+        return self.batched_by_length(texts, forward, tensors="np", desc="onnx")
+
+
+class EmbeddingZeroShot(_Tokenised):
     """Zero-shot: cosine similarity of mean-pooled sentence embeddings to one description per label.
 
     This is the base encoder *before* fine-tuning, so the evaluate table shows what training added.
     """
+
+    backend = "zeroshot"
 
     def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int = 128, temperature: float = 0.05,
                  descriptions: dict[str, str] | None = None, device: str | None = None):
@@ -90,21 +182,91 @@ class EmbeddingZeroShot:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
         self.batch_size, self.max_length, self.temperature = batch_size, max_length, temperature
+        self.model_id = f"{Path(path).name}:zeroshot"
         descriptions = descriptions or LABEL_DESCRIPTIONS
         self.prototypes = self._embed([descriptions[lab] for lab in LABELS])
 
     def _pool(self, enc: dict) -> torch.Tensor:
+        enc = enc.to(self.device)
         hidden = self.model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        return batched_by_length(texts, self.tokenizer, lambda enc: self._pool(enc).float().cpu().numpy(),
-                                 batch_size=self.batch_size, max_length=self.max_length, device=self.device,
-                                 desc="embed")
+        return self.batched_by_length(texts, lambda enc: self._pool(enc).float().cpu().numpy(), desc="embed")
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        sims = self._embed(texts) @ self.prototypes.T
-        z = sims / self.temperature
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
+        return softmax((self._embed(texts) @ self.prototypes.T) / self.temperature)
+
+
+class LLMClassifier:
+    """A causal LM scored by label likelihood (finsent.llm): zero-shot, or with a LoRA adapter."""
+
+    backend = "llm"
+    truncated = 0  # prompts are not cut: the LM sees the whole post
+
+    def __init__(self, base: str, adapter_dir: str | None = None, dtype: str = "auto", batch_size: int = 16):
+        from .llm import load_causal_lm
+
+        model, self.tokenizer = load_causal_lm(base, dtype=dtype)
+        if adapter_dir:
+            from peft import PeftModel
+            # Merged in memory for speed (a full-precision base only; the artefact stays the adapter).
+            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.model_id = f"{Path(adapter_dir or base).name}:llm-{str(model.dtype).removeprefix('torch.')}"
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        from .llm import score_labels
+
+        return score_labels(self.model, self.tokenizer, texts, batch_size=self.batch_size, desc="causal LM")
+
+
+def adapter_base(adapter_dir: Path, params_path: str | Path = "params.yaml") -> str:
+    """The base model of a LoRA adapter: the pipeline's LLM hp set if params.yaml names one, else
+    the adapter's own ``base_model_name_or_path``."""
+    from .config import load_params
+
+    if Path(params_path).exists():
+        params = load_params(params_path)
+        llm = params.get("llm") or {}
+        hp = (params.get("llm_hp_sets") or {}).get(llm.get("hp_set"), {})
+        if hp.get("model"):
+            return hp["model"]
+    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def model_name(ref: str) -> str:
+    """A short name for a model reference: an export's own id (``encoder:onnx-int8``), else the directory name."""
+    card = Path(ref) / MODEL_CARD
+    return json.loads(card.read_text())["model_id"] if card.exists() else Path(ref).name
+
+
+def detect_kind(path: Path) -> str:
+    """``onnx`` for an export directory, ``llm`` for a LoRA adapter, else ``encoder``."""
+    if (path / ONNX_FILE).exists():
+        return "onnx"
+    if (path / "adapter_config.json").exists():
+        return "llm"
+    return "encoder"
+
+
+def load_classifier(ref: str, kind: str = "auto", base: str | None = None, *, batch_size: int = 64,
+                    max_length: int = 128, dtype: str = "auto"):
+    """A model with ``predict_proba(texts) -> (n, 3)`` over LABELS and a ``model_id``, from any model
+    reference. ``dtype`` applies to the PyTorch backends (``auto``: bfloat16 where native)."""
+    if kind not in KINDS:
+        raise ValueError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
+    if kind == "causal_lm":  # a causal LM zero-shot (hub id, directory, .gguf or pkg:// reference)
+        return LLMClassifier(ref, dtype=dtype, batch_size=min(batch_size, 16))
+    path = Path(resolve_model_ref(ref))
+    if kind == "auto":
+        kind = detect_kind(path)
+    if kind == "llm":
+        return LLMClassifier(base or adapter_base(path), str(path), dtype=dtype, batch_size=min(batch_size, 16))
+    if kind == "onnx":
+        return OnnxClassifier(str(path), batch_size=batch_size, max_length=max_length)
+    if kind == "encoder":
+        return EncoderClassifier(str(path), batch_size=batch_size, max_length=max_length, dtype=dtype)
+    return EmbeddingZeroShot(str(path), batch_size=batch_size, max_length=max_length)

@@ -28,8 +28,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request, Response  # at module level: FastAPI resolves the handlers' annotations here
@@ -37,70 +36,13 @@ from fastapi.responses import JSONResponse
 
 from .label import approx_tokens
 from .labels import LABELS
+from .predict import load_classifier, model_name
 from .prompts import PROMPT_VERSION, extract_text
 
 
 def text_key(text: str) -> str:
     """Short content hash of a post (what /v1/stats counts requests by)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------------
-
-class LLMClassifier:
-    """A causal LM scored by label likelihood (finsent.llm): zero-shot, or with a LoRA adapter."""
-
-    def __init__(self, base: str, adapter_dir: str | None = None, dtype: str = "auto", batch_size: int = 16):
-        from .llm import load_causal_lm
-
-        model, self.tokenizer = load_causal_lm(base, dtype=dtype)
-        if adapter_dir:
-            from peft import PeftModel
-            # Merged in memory for speed (a full-precision base only; the artefact stays the adapter).
-            model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-        self.model = model.eval()
-        self.batch_size = batch_size
-
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        from .llm import score_labels
-
-        return score_labels(self.model, self.tokenizer, texts, batch_size=self.batch_size, desc="causal LM")
-
-
-def adapter_base(adapter_dir: Path, params_path: str | Path = "params.yaml") -> str:
-    """The base model of a LoRA adapter: the pipeline's LLM hp set if params.yaml names one, else
-    the adapter's own ``base_model_name_or_path``."""
-    from .config import load_params
-
-    if Path(params_path).exists():
-        params = load_params(params_path)
-        llm = params.get("llm") or {}
-        hp = (params.get("llm_hp_sets") or {}).get(llm.get("hp_set"), {})
-        if hp.get("model"):
-            return hp["model"]
-    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-
-
-def load_classifier(ref: str, kind: str = "auto", base: str | None = None, batch_size: int = 64):
-    """A model with ``predict_proba(texts) -> (n, 3)`` over LABELS, from any model reference."""
-    from .models import resolve_model_ref
-
-    if kind == "causal_lm":  # a causal LM zero-shot (hub id, directory, .gguf or pkg:// reference)
-        return LLMClassifier(ref, batch_size=min(batch_size, 16))
-    path = Path(resolve_model_ref(ref))
-    if kind == "auto":
-        kind = "llm" if (path / "adapter_config.json").exists() else "encoder"
-    if kind == "llm":
-        return LLMClassifier(base or adapter_base(path), str(path), batch_size=min(batch_size, 16))
-    if kind == "encoder":
-        from .predict import EncoderClassifier
-        return EncoderClassifier(str(path), batch_size=batch_size)
-    if kind == "zeroshot":
-        from .predict import EmbeddingZeroShot
-        return EmbeddingZeroShot(str(path), batch_size=batch_size)
-    raise ValueError(f"--kind {kind!r}: use auto, encoder, llm (a LoRA adapter), causal_lm or zeroshot")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,15 +357,19 @@ def create_app(classifier, model_id: str, *, max_batch: int = 64, max_wait_ms: f
 
 def serve(model: str, *, kind: str = "auto", base: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           model_id: str | None = None, max_batch: int = 64, max_wait_ms: float = 5.0, faults: str | None = None,
-          fault_seed: int = 0, api_key_env: str | None = None, log_level: str = "info") -> None:
+          fault_seed: int = 0, api_key_env: str | None = None, log_level: str = "info", dtype: str = "auto",
+          max_length: int = 128, threads: int | None = None) -> None:
     import os
 
     import uvicorn
 
+    from .predict import set_threads
+
     os.environ.setdefault("TQDM_DISABLE", "1")  # no per-batch progress bars in a server log
-    classifier = load_classifier(model, kind, base, batch_size=max_batch)
+    set_threads(threads)
+    classifier = load_classifier(model, kind, base, batch_size=max_batch, max_length=max_length, dtype=dtype)
     api_key = os.environ.get(api_key_env) if api_key_env else None
-    app = create_app(classifier, model_id or f"finsent-{Path(model).name}", max_batch=max_batch,
+    app = create_app(classifier, model_id or f"finsent-{model_name(model)}", max_batch=max_batch,
                      max_wait_ms=max_wait_ms, faults=Faults.parse(faults, fault_seed), api_key=api_key)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 

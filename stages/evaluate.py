@@ -1,6 +1,7 @@
 """Stage evaluate: every model in params.yaml `evaluate.models` on every test set.
 
-Writes metrics/evaluate.json (headline), metrics/per_class.json, metrics/reports/*.txt,
+Writes metrics/evaluate.json (headline), metrics/per_class.json, metrics/backends.json (each other
+runtime / precision of a model against it: macro-F1 change, label agreement), metrics/reports/*.txt,
 metrics/summary.md, DVC confusion plot data metrics/plots/confusion/*.csv, PNG figures in
 metrics/plots/images/, and the predictions in predictions/<model>/<split>.csv.
 """
@@ -16,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.config import METRICS_DIR, PLOTS_DIR, load_params, require  # noqa: E402
 from finsent.data import training_rows  # noqa: E402
-from finsent.evaluate import (evaluate_all, split_metrics, student_report, summary_markdown,  # noqa: E402
-                              test_sets_from_params)
+from finsent.evaluate import (backend_report, evaluate_all, split_metrics, student_report,  # noqa: E402
+                              summary_markdown, test_sets_from_params)
 from finsent.io import StageClock, write_csv, write_json  # noqa: E402
 from finsent.plots import confusion_figure, metrics_by_class_figure, model_comparison_figure  # noqa: E402
 
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     label_metrics = json.loads(label_file.read_text()) if label_file.exists() else None
     write_json(student_report(results, train_cfg.get("labels", "gold"), label_metrics), METRICS_DIR / "student.json")
     write_json(per_class, METRICS_DIR / "per_class.json")
+    backends = backend_report(cfg["models"], results, pairs, float(cfg.get("backend_tolerance", 0.005)))
+    write_json(backends, METRICS_DIR / "backends.json")
+    for name, rep in backends.items():
+        for test, row in rep["per_test_set"].items():
+            flag = "" if row["within_tolerance"] else "  <-- loses more than the tolerance"
+            print(f"{name} vs {rep['reference']} on {test}: macro-F1 {row['delta_macro_f1']:+.4f}, "
+                  f"same label {row['label_agreement']:.2%}{flag}")
     (METRICS_DIR / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
     for sub in ("reports", "plots/confusion", "plots/images"):
         shutil.rmtree(METRICS_DIR / sub, ignore_errors=True)

@@ -16,7 +16,8 @@ import yaml
 from finsent.config import load_params
 from finsent.label import LabelCache, OpenAITeacher, cache_key, parse_label, retry_after_seconds
 from finsent.labels import LABELS
-from finsent.serve import BackgroundServer, Faults, create_app, load_classifier, text_key
+from finsent.predict import load_classifier
+from finsent.serve import BackgroundServer, Faults, create_app, text_key
 
 
 @pytest.fixture(scope="module")

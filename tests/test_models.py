@@ -4,10 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from finsent.config import hp_set
 from finsent.models import resolve_model_ref
 from finsent.predict import EmbeddingZeroShot, EncoderClassifier, label_order
-from finsent.split import make_split
 
 from .conftest import MINILM
 
@@ -63,20 +61,13 @@ def test_zero_shot_embedding_reads_obvious_sentences():
 
 
 @pytest.mark.slow
-def test_short_finetune_learns_and_saves(tmp_path, fpb, params):
-    from finsent.train import train_encoder
-
-    parts = make_split(fpb.rows, params["splits"]["fpb"], seed=42).parts
-    train = parts["train"][parts["train"]["agreement"] == 1.0].head(480)
-    val = parts["val"][parts["val"]["agreement"] == 1.0].head(120)
-    hp = hp_set(params, "tiny") | {"epochs": 2, "learning_rate": 2e-4}
-    out = train_encoder(train, val, model_ref=MINILM, hp=hp, hp_name="tiny", out_dir=tmp_path / "model",
-                        log_dir=tmp_path / "runs", work_dir=tmp_path / "work", patience=2)
-    assert out.summary["val_macro_f1"] > 0.6, out.summary
-    assert len(out.history) == 2 and out.history["val_macro_f1"].max() == pytest.approx(out.summary["val_macro_f1"],
-                                                                                        abs=1e-3)
-    assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
-    reloaded = EncoderClassifier(str(tmp_path / "model"))
+def test_short_finetune_learns_and_saves(finetuned):
+    model_dir, summary, history, val, _ = finetuned
+    runs = model_dir.parent / "runs"
+    assert summary["val_macro_f1"] > 0.6, summary
+    assert len(history) == 2 and history["val_macro_f1"].max() == pytest.approx(summary["val_macro_f1"], abs=1e-3)
+    assert list(runs.glob("events.out.tfevents.*"))
+    reloaded = EncoderClassifier(str(model_dir))
     acc = (reloaded.predict_proba(val["text"].tolist()).argmax(1) ==
            val["label"].map({"negative": 0, "neutral": 1, "positive": 2}).to_numpy()).mean()
-    assert acc == pytest.approx(out.summary["val_accuracy"], abs=1e-3)
+    assert acc == pytest.approx(summary["val_accuracy"], abs=1e-3)

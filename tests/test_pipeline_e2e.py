@@ -80,6 +80,21 @@ def test_metrics_cover_every_model_and_test_set(repo):
     assert len(llm_history) >= 2 and llm_history["train_loss"].notna().all()
 
 
+def test_export_and_backends(repo):
+    """The ONNX exports of the tiny encoder: fp32 gives PyTorch's labels, int8 nearly all of them."""
+    for precision in ("fp32", "int8"):
+        assert (repo / f"models/encoder_onnx/{precision}/model.onnx").stat().st_size > 10 * 2**20
+    export = json.loads((repo / "metrics/export.json").read_text())
+    assert export["fp32"]["label_agreement"] == 1.0 and export["fp32"]["max_abs_prob_diff"] < 1e-4
+    assert export["int8"]["label_agreement"] >= 0.95 and export["int8"]["quantization"]["kept_fp32"]
+    backends = json.loads((repo / "metrics/backends.json").read_text())
+    assert set(backends) == {"encoder_bf16", "encoder_onnx", "encoder_int8"}
+    for name, rep in backends.items():
+        assert rep["reference"] == "encoder" and set(rep["per_test_set"]) == {"fpb", "fpb_allagree", "tweets"}
+    assert all(r["label_agreement"] == 1.0 for r in backends["encoder_onnx"]["per_test_set"].values())
+    assert all(r["label_agreement"] >= 0.95 for r in backends["encoder_int8"]["per_test_set"].values())
+
+
 def test_teacher_stages_keyless(repo):
     """Without a key or a server the OpenAI candidates are skipped, the local ones run, gold labels the pool."""
     compare = json.loads((repo / "metrics/compare.json").read_text())

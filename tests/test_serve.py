@@ -10,7 +10,8 @@ from openai import NotFoundError, OpenAI
 
 from finsent.labels import LABELS
 from finsent.prompts import messages
-from finsent.serve import BackgroundServer, Faults, create_app, load_classifier, text_key
+from finsent.predict import load_classifier
+from finsent.serve import BackgroundServer, Faults, create_app, text_key
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "sentiment", "strict": True, "schema": {
     "type": "object", "properties": {"sentiment": {"type": "string", "enum": list(LABELS)}},

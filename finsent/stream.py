@@ -1,0 +1,287 @@
+"""`finsent predict`: label a file of posts of any size, streamed in chunks.
+
+    finsent predict --model models/encoder_onnx/int8 posts.parquet -o labelled.parquet
+    finsent predict --model models/encoder posts.csv -o labelled.csv --text-column body --keep-columns id
+
+Input and output are CSV, Parquet or JSONL (by extension, ``.gz`` allowed for CSV / JSONL; or
+``--input-format`` / ``--output-format``). Rows are read ``chunk_size`` at a time and written as
+they are done (to a temporary file renamed at the end), so memory stays flat on any input size.
+
+The output holds, per usable row: ``row`` (the 0-based record number in the input), the kept input
+columns (all by default; one whose name clashes with an output column is kept as ``input_<name>``),
+``label``, ``p_negative``, ``p_neutral``, ``p_positive`` and ``model``. Rows whose text is missing,
+empty or not text are not predicted: each goes to the rejects file (``row``, ``reason``, ``value``)
+and is counted in the summary; so is a JSONL line that is not a JSON object.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import resource
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .labels import LABELS
+from .metrics import PROB_COLUMNS
+
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+OUTPUT_COLUMNS = ("row", "label", *PROB_COLUMNS, "model")
+REJECT_COLUMNS = ["row", "reason", "value"]
+
+
+def file_format(path: str | Path, override: str | None = None) -> str:
+    """csv, parquet or jsonl: ``override`` if given, else from the extension (before a ``.gz``)."""
+    if override:
+        if override not in set(FORMATS.values()):
+            raise ValueError(f"format {override!r}: use csv, parquet or jsonl")
+        return override
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    fmt = FORMATS.get(suffixes[-1] if suffixes else "")
+    if fmt is None:
+        raise ValueError(f"{path}: cannot tell the format from the extension; name it .csv, .parquet or .jsonl "
+                         f"(optionally .gz), or pass --input-format / --output-format")
+    return fmt
+
+
+def _open_text(path: Path, mode: str):
+    return gzip.open(path, mode + "t", encoding="utf-8", newline="") if path.suffix.lower() == ".gz" \
+        else open(path, mode, encoding="utf-8", newline="")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+def count_rows(path: str | Path, fmt: str) -> int | None:
+    """The number of records when it is cheap to know (Parquet metadata), else None."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(path).metadata.num_rows
+    return None
+
+
+def _jsonl_chunks(path: Path, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[dict[str, Any]]]]:
+    records: list[dict[str, Any]] = []
+    rows: list[int] = []
+    bad: list[dict[str, Any]] = []
+    with _open_text(path, "r") as fh:
+        row = -1
+        for line in fh:
+            if not line.strip():
+                continue  # blank lines are not records
+            row += 1
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad.append({"row": row, "reason": f"invalid JSON ({exc.msg})", "value": line.strip()[:200]})
+                record = None
+            if record is not None and not isinstance(record, dict):
+                bad.append({"row": row, "reason": f"not a JSON object ({type(record).__name__})",
+                            "value": line.strip()[:200]})
+            elif record is not None:
+                records.append(record)
+                rows.append(row)
+            if row % chunk_size == chunk_size - 1:
+                yield pd.DataFrame.from_records(records, index=rows), bad
+                records, rows, bad = [], [], []
+    if records or bad:
+        yield pd.DataFrame.from_records(records, index=rows), bad
+
+
+def read_chunks(path: str | Path, fmt: str, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[dict[str, Any]]]]:
+    """(frame indexed by record number, rejected records) per chunk of ``chunk_size`` records.
+    CSV cells are read as text (an empty cell is an empty string)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such input file")
+    if fmt == "csv":
+        start = 0
+        try:
+            for frame in pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False,
+                                     encoding="utf-8"):
+                frame.index = pd.RangeIndex(start, start + len(frame))
+                start += len(frame)
+                yield frame, []
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read it as UTF-8 CSV after record {start}: {exc}. Fix or remove "
+                             f"that line (quote fields holding commas or newlines), or convert the file "
+                             f"with `finsent`'s convert stage") from None
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+        start = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+            frame = batch.to_pandas()
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            start += len(frame)
+            yield frame, []
+    else:
+        yield from _jsonl_chunks(path, chunk_size)
+
+
+def text_problems(values: pd.Series) -> pd.Series:
+    """Per row: why the value cannot be classified ('missing', 'empty', 'not text (<type>)'), or '' if it can."""
+    def why(value: Any) -> str:
+        if isinstance(value, str):
+            return "" if value.strip() else "empty"
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "missing"
+        return f"not text ({type(value).__name__})"
+
+    return values.map(why)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+class ChunkWriter:
+    """Appends frames to a CSV / Parquet / JSONL file through a temporary file that replaces
+    ``path`` only when the writer is closed without an error."""
+
+    def __init__(self, path: str | Path, fmt: str):
+        self.path, self.fmt = Path(path), fmt
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".part-{self.path.name}")  # same suffixes: .gz stays gzip
+        self.rows = 0
+        self._header = False
+        self._fh = None
+        self._parquet = None
+
+    def __enter__(self) -> "ChunkWriter":
+        if self.fmt != "parquet":
+            self._fh = _open_text(self.tmp, "w")
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.fmt == "csv":
+            frame.to_csv(self._fh, index=False, header=not self._header, lineterminator="\n")
+            self._header = True
+        elif self.fmt == "jsonl":
+            if len(frame):
+                self._fh.write(frame.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n") + "\n")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            if self._parquet is None:
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                self._parquet = pq.ParquetWriter(self.tmp, table.schema)
+            else:
+                try:
+                    table = pa.Table.from_pandas(frame, schema=self._parquet.schema, preserve_index=False)
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                    raise ValueError(f"{self.path}: a kept input column changed type between chunks ({exc}); "
+                                     f"keep fewer columns (--keep-columns) or write CSV / JSONL") from None
+            self._parquet.write_table(table)
+        self.rows += len(frame)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.fmt == "parquet" and self._parquet is None and exc_type is None:
+            self.write(pd.DataFrame({c: pd.Series(dtype="float64" if c.startswith("p_") else "object")
+                                     for c in OUTPUT_COLUMNS}).astype({"row": "int64"}))
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._fh is not None:
+            self._fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def rejects_path_for(output: str | Path) -> Path:
+    """``out.parquet`` -> ``out.rejects.csv`` (next to the output)."""
+    output = Path(output)
+    stem = output.name
+    for suffix in reversed(output.suffixes):
+        stem = stem[: -len(suffix)]
+    return output.with_name(f"{stem}.rejects.csv")
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def output_frame(chunk: pd.DataFrame, probs: np.ndarray, keep: list[str], model_id: str) -> pd.DataFrame:
+    """The output rows of one chunk: row number, kept columns (renamed on a clash), label, probabilities, model."""
+    out = pd.DataFrame({"row": chunk.index.to_numpy(dtype=np.int64)})
+    for col in keep:
+        out[f"input_{col}" if col in OUTPUT_COLUMNS else col] = chunk[col].to_numpy()
+    out["label"] = np.asarray(LABELS)[probs.argmax(axis=1)] if len(probs) else np.array([], dtype=object)
+    for col, values in zip(PROB_COLUMNS, probs.T if len(probs) else np.zeros((len(LABELS), 0))):
+        out[col] = np.round(values, 6)
+    out["model"] = model_id
+    return out
+
+
+def predict_file(classifier, input_path: str | Path, output_path: str | Path, *, text_column: str = "text",
+                 keep_columns: list[str] | None = None, chunk_size: int = 4096, rejects_path: str | Path | None = None,
+                 model_id: str | None = None, input_format: str | None = None, output_format: str | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Classify every row of ``input_path`` into ``output_path``; returns the run's summary.
+    ``keep_columns``: input columns copied to the output (None: all of them)."""
+    fmt_in, fmt_out = file_format(input_path, input_format), file_format(output_path, output_format)
+    rejects_path = Path(rejects_path) if rejects_path else rejects_path_for(output_path)
+    model_id = model_id or getattr(classifier, "model_id", "model")
+    if hasattr(classifier, "progress"):
+        classifier.progress = False  # one bar for the whole file instead of one per chunk
+    truncated_before = getattr(classifier, "truncated", 0)
+    reasons: Counter = Counter()
+    labels: Counter = Counter()
+    rows_in = 0
+    rss_first = None
+    keep = keep_columns
+    start = time.perf_counter()
+    bar = tqdm(total=count_rows(input_path, fmt_in), unit="post", unit_scale=True, desc="predict",
+               disable=not progress, smoothing=0.1)
+    with ChunkWriter(output_path, fmt_out) as out, ChunkWriter(rejects_path, "csv") as rejects:
+        for chunk, bad in read_chunks(input_path, fmt_in, chunk_size):
+            if text_column not in chunk.columns and len(chunk):
+                raise KeyError(f"{input_path}: no column {text_column!r} (columns: {list(chunk.columns)}); "
+                               f"name the text column with --text-column")
+            if keep is None and len(chunk):
+                keep = list(chunk.columns)  # the first chunk's columns: every chunk writes the same ones
+            missing = [c for c in keep or [] if c not in chunk.columns]
+            if missing and len(chunk):
+                if fmt_in != "jsonl":
+                    raise KeyError(f"{input_path}: --keep-columns names {missing}, not in the input "
+                                   f"(columns: {list(chunk.columns)})")
+                chunk = chunk.assign(**{c: None for c in missing})  # JSONL records need not share keys
+            problems = text_problems(chunk[text_column]) if len(chunk) else pd.Series(dtype=object)
+            good = chunk[problems == ""]
+            rejected = [*bad, *({"row": int(i), "reason": r, "value": repr(chunk.at[i, text_column])[:200]}
+                               for i, r in problems[problems != ""].items())]
+            probs = classifier.predict_proba(good[text_column].tolist()) if len(good) else np.zeros((0, len(LABELS)))
+            frame = output_frame(good, np.asarray(probs, dtype=np.float64),
+                                 [c for c in keep or [] if c in good.columns], model_id)
+            out.write(frame)
+            rejected.sort(key=lambda r: r["row"])
+            rejects.write(pd.DataFrame(rejected, columns=REJECT_COLUMNS))
+            reasons.update(r["reason"] for r in rejected)
+            labels.update(frame["label"])
+            n = len(chunk) + len(bad)
+            rows_in += n
+            bar.update(n)
+            if rss_first is None:
+                rss_first = _rss_mb()
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"input": str(input_path), "output": str(output_path), "rejects": str(rejects_path), "model": model_id,
+            "rows_in": rows_in, "rows_predicted": out.rows, "rows_rejected": sum(reasons.values()),
+            "rejected_by_reason": dict(reasons), "labels": {lab: labels.get(lab, 0) for lab in LABELS},
+            "truncated": getattr(classifier, "truncated", 0) - truncated_before,
+            "seconds": round(seconds, 2), "posts_per_s": round(out.rows / seconds, 1) if seconds else None,
+            "rss_mb_after_first_chunk": round(rss_first or _rss_mb(), 1), "rss_mb_end": round(_rss_mb(), 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

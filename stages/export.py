@@ -1,0 +1,59 @@
+"""Stage export: the fine-tuned encoder as ONNX Runtime models, fp32 and dynamic int8 (params `export`).
+
+Outputs: models/encoder_onnx/{fp32,int8}/ (each a self-contained model directory: model.onnx,
+tokenizer, config, finsent_model.json) and metrics/export.json (sizes, export time, and each
+export's agreement with the PyTorch fp32 model on validation posts). Their test-set metrics are in
+evaluate (models encoder_onnx / encoder_int8, and metrics/backends.json).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from finsent.config import METRICS_DIR, load_params, require  # noqa: E402
+from finsent.data import load_split_union, sample_rows  # noqa: E402
+from finsent.export import check_exports, export_onnx, quantize_int8  # noqa: E402
+from finsent.io import StageClock, write_json  # noqa: E402
+from finsent.predict import EncoderClassifier, OnnxClassifier  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+
+    params = load_params(args.params)
+    cfg = require(params, "export")
+    out = Path(cfg["out"])
+    shutil.rmtree(out, ignore_errors=True)
+    name = cfg.get("name") or Path(cfg["model"]).name
+    fp32 = export_onnx(cfg["model"], out / "fp32", name=name, opset=int(cfg.get("opset", 17)))
+    q = cfg.get("int8") or {}
+    int8 = quantize_int8(out / "fp32", out / "int8", name=name, per_channel=bool(q.get("per_channel", True)),
+                         reduce_range=bool(q.get("reduce_range", True)), keep_fp32=q.get("keep_fp32") or [],
+                         batch_size=q.get("batch_size", 1))
+    print(f"export: fp32 {fp32['size_mb']} MB in {fp32['export_s']} s, int8 {int8['size_mb']} MB "
+          f"in {int8['quantize_s']} s -> {out}")
+
+    check = cfg.get("check") or {}
+    seed = int(params.get("seed", 42))
+    texts = sample_rows(load_split_union(check.get("splits", ["fpb", "tweets"]), "val"), check.get("n"), seed)["text"]
+    max_length = int(cfg.get("max_length", 128))
+    reference = EncoderClassifier(cfg["model"], max_length=max_length)
+    checks = check_exports(reference, {p: OnnxClassifier(str(out / p), max_length=max_length) for p in ("fp32", "int8")},
+                           texts.tolist())
+    for precision, row in checks.items():
+        print(f"export: {precision} vs PyTorch fp32 on {len(texts)} validation posts: same label "
+              f"{row['label_agreement']:.2%}, max |dp| {row['max_abs_prob_diff']:.2g}")
+    write_json({"model": cfg["model"], "check_rows": len(texts),
+                "fp32": {**fp32, **checks["fp32"]}, "int8": {**int8, **checks["int8"]}}, METRICS_DIR / "export.json")
+    return 0
+
+
+if __name__ == "__main__":
+    with StageClock("export"):
+        raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""`finsent predict`, the backends it runs on (PyTorch fp32 / bf16, ONNX Runtime fp32 / int8) and the
+export behind them, on real posts and a real (small, quickly fitted) classifier."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from finsent.evaluate import backend_report
+from finsent.export import check_exports, export_onnx, quantize_int8
+from finsent.labels import ID2LABEL, LABEL2ID, LABELS
+from finsent.metrics import PROB_COLUMNS
+from finsent.models import resolve_model_ref
+from finsent.predict import EncoderClassifier, OnnxClassifier, load_classifier
+from finsent.serve import BackgroundServer, create_app
+from finsent.stream import file_format, predict_file, rejects_path_for
+
+from .conftest import MINILM
+
+# Tolerances this project states for "the same labels" across backends on real posts (the pipeline's
+# own numbers for the fine-tuned encoder on the test sets are in metrics/backends.json).
+ONNX_FP32_MAX_PROB_DIFF = 1e-4   # fp32 ONNX Runtime vs PyTorch: the same computation, float rounding only
+INT8_MIN_AGREEMENT = 0.95        # dynamic int8 vs fp32: share of posts with the same label
+BF16_MIN_AGREEMENT = 0.97        # PyTorch bfloat16 vs float32
+
+
+@pytest.fixture(scope="module")
+def fitted_dir(tmp_path_factory, fpb):
+    """The packaged MiniLM with a 3-class head fitted (logistic regression on its pooled output) to
+    450 FPB AllAgree sentences: a real classifier in seconds, saved like the train stage saves one."""
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("fitted")
+    path = resolve_model_ref(MINILM)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, id2label=ID2LABEL,
+                                                               label2id=LABEL2ID).eval()
+    with torch.no_grad():  # the checkpoint has no pooler: make it tanh(CLS) rather than a random projection
+        model.bert.pooler.dense.weight.copy_(torch.eye(model.config.hidden_size))
+        model.bert.pooler.dense.bias.zero_()
+    rows = fpb.rows[fpb.rows["agreement"] == 1.0].groupby("label").head(150)
+    enc = tokenizer(rows["text"].tolist(), padding=True, truncation=True, max_length=96, return_tensors="pt")
+    with torch.inference_mode():
+        pooled = model.bert(**enc).pooler_output.numpy()
+    fit = LogisticRegression(C=10.0, max_iter=3000).fit(pooled, rows["label"].map(LABEL2ID))
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor(fit.coef_, dtype=torch.float32))
+        model.classifier.bias.copy_(torch.tensor(fit.intercept_, dtype=torch.float32))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(fitted_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    fp32 = export_onnx(str(fitted_dir), out / "fp32", name="fitted")
+    int8 = quantize_int8(out / "fp32", out / "int8", name="fitted")
+    return out, fp32, int8
+
+
+@pytest.fixture(scope="module")
+def posts(tweets):
+    """500 real tweets (the official valid file), of every length in it."""
+    return tweets.rows[tweets.rows["official_split"] == "test"]["text"].head(500).tolist()
+
+
+def test_export_writes_self_contained_model_directories(exported):
+    out, fp32, int8 = exported
+    for precision, card in (("fp32", fp32), ("int8", int8)):
+        directory = out / precision
+        assert {"model.onnx", "config.json", "tokenizer.json", "finsent_model.json"} <= {p.name for p in directory.iterdir()}
+        assert json.loads((directory / "finsent_model.json").read_text())["model_id"] == f"fitted:onnx-{precision}"
+        assert card["size_mb"] > 10
+    assert int8["size_mb"] < 0.75 * fp32["size_mb"]  # int8 linear weights
+
+
+@pytest.mark.slow
+def test_backends_agree_on_real_posts(finetuned, tmp_path):
+    """A really fine-tuned encoder, exported and quantized, on 500 held-out FPB sentences."""
+    model_dir, _, _, _, parts = finetuned
+    posts = parts["test"]["text"].head(500).tolist()
+    export_onnx(str(model_dir), tmp_path / "fp32", name="finetuned")
+    quantize_int8(tmp_path / "fp32", tmp_path / "int8", name="finetuned")
+    reference = EncoderClassifier(str(model_dir))
+    candidates = {"onnx_fp32": OnnxClassifier(str(tmp_path / "fp32")),
+                  "onnx_int8": OnnxClassifier(str(tmp_path / "int8")),
+                  "torch_bf16": EncoderClassifier(str(model_dir), dtype="bfloat16")}
+    checks = check_exports(reference, candidates, posts)
+    assert len(set(reference.predict_proba(posts).argmax(1))) == 3  # every class is predicted on real posts
+    assert checks["onnx_fp32"]["label_agreement"] == 1.0
+    assert checks["onnx_fp32"]["max_abs_prob_diff"] < ONNX_FP32_MAX_PROB_DIFF
+    assert checks["onnx_int8"]["label_agreement"] >= INT8_MIN_AGREEMENT, checks
+    assert checks["torch_bf16"]["label_agreement"] >= BF16_MIN_AGREEMENT, checks
+
+
+def test_length_ordered_batches_keep_input_order(exported, posts):
+    clf = OnnxClassifier(str(exported[0] / "fp32"), batch_size=7)
+    batched = clf.predict_proba(posts[:40])
+    one_by_one = np.vstack([clf.predict_proba([t]) for t in posts[:40]])
+    assert np.allclose(batched, one_by_one, atol=1e-5)  # padding never changes a row's probabilities
+    assert np.allclose(batched.sum(axis=1), 1, atol=1e-6)
+
+
+def test_load_classifier_detects_the_backend(fitted_dir, exported):
+    assert isinstance(load_classifier(str(exported[0] / "int8")), OnnxClassifier)
+    clf = load_classifier(str(fitted_dir), dtype="float32")
+    assert isinstance(clf, EncoderClassifier) and clf.model_id.endswith(":torch-float32")
+    with pytest.raises(ValueError, match="--kind"):
+        load_classifier(str(fitted_dir), kind="tflite")
+
+
+def _write(frame: pd.DataFrame, path, fmt: str) -> None:
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+
+
+def _read(path, fmt: str) -> pd.DataFrame:
+    if fmt == "csv":
+        return pd.read_csv(path, keep_default_na=False, dtype={"id": str})
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    return pd.read_json(path, lines=True, dtype={"id": str})
+
+
+@pytest.mark.parametrize("fmt_in,fmt_out", [("csv", "parquet"), ("parquet", "jsonl"), ("jsonl", "csv"),
+                                            ("csv", "csv")])
+def test_predict_file_schema_and_probabilities(exported, posts, tmp_path, fmt_in, fmt_out):
+    clf = OnnxClassifier(str(exported[0] / "int8"))
+    texts = posts[:120]
+    frame = pd.DataFrame({"id": [f"p{i}" for i in range(len(texts))], "text": texts, "label": "gold"})
+    src, dst = tmp_path / f"in.{fmt_in}", tmp_path / f"out.{fmt_out}"
+    _write(frame, src, fmt_in)
+    summary = predict_file(clf, src, dst, chunk_size=50, progress=False)  # three chunks
+    out = _read(dst, fmt_out)
+    assert list(out.columns) == ["row", "id", "text", "input_label", "label", *PROB_COLUMNS, "model"]
+    assert out["row"].tolist() == list(range(len(texts))) and out["id"].tolist() == frame["id"].tolist()
+    assert out["text"].tolist() == texts and set(out["input_label"]) == {"gold"}
+    assert np.allclose(out[PROB_COLUMNS].sum(axis=1), 1, atol=1e-5)
+    assert set(out["label"]) <= set(LABELS) and (out["model"] == "fitted:onnx-int8").all()
+    direct = clf.predict_proba(texts)  # the same numbers as one call on the whole list (int8 runs post by post)
+    assert np.allclose(out[PROB_COLUMNS].to_numpy(), direct, atol=1e-5)
+    assert out["label"].tolist() == [LABELS[i] for i in direct.argmax(1)]
+    assert summary["rows_in"] == summary["rows_predicted"] == len(texts) and summary["rows_rejected"] == 0
+    assert pd.read_csv(rejects_path_for(dst)).empty  # written even when empty: no stale rejects survive
+
+
+def test_bad_rows_are_reported_not_dropped(exported, tmp_path):
+    clf = OnnxClassifier(str(exported[0] / "int8"))
+    lines = ['{"id": 1, "text": "Operating profit rose to EUR 13.1 mn ."}',
+             '{"id": 2, "text": ""}',
+             '{"id": 3, "text": "   "}',
+             '{"id": 4, "text": null}',
+             '{"id": 5, "text": 42}',
+             '{"id": 6, "text": ["a", "list"]}',
+             '{"id": 7}',
+             '{"id": 8, "text": "Net sales fell 20 % and the company cut 300 jobs ."}',
+             'this line is not JSON',
+             '[1, 2]',
+             '',
+             '{"id": 11, "text": "The company is based in Helsinki ."}']
+    src, dst = tmp_path / "posts.jsonl", tmp_path / "labels.csv"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = predict_file(clf, src, dst, chunk_size=4, progress=False)
+    out = pd.read_csv(dst)
+    assert out["row"].tolist() == [0, 7, 10] and out["id"].tolist() == [1, 8, 11]  # blank line is not a record
+    rejects = pd.read_csv(summary["rejects"], keep_default_na=False)
+    assert rejects["row"].tolist() == [1, 2, 3, 4, 5, 6, 8, 9]
+    assert rejects["reason"].tolist() == ["empty", "empty", "missing", "not text (int)", "not text (list)", "missing",
+                                          "invalid JSON (Expecting value)", "not a JSON object (list)"]
+    assert summary["rows_in"] == 11 and summary["rows_predicted"] == 3 and summary["rows_rejected"] == 8
+    assert summary["rejected_by_reason"]["empty"] == 2 and sum(summary["rejected_by_reason"].values()) == 8
+
+
+def test_csv_empty_cells_and_missing_text_column(exported, tmp_path):
+    clf = OnnxClassifier(str(exported[0] / "int8"))
+    src = tmp_path / "posts.csv"
+    src.write_text('body,source\n"Profit rose , and shares jumped .",a\n,b\n"Sales fell .",c\n', encoding="utf-8")
+    summary = predict_file(clf, src, tmp_path / "out.jsonl", text_column="body", keep_columns=["source"],
+                           progress=False)
+    out = pd.read_json(tmp_path / "out.jsonl", lines=True)
+    assert list(out.columns) == ["row", "source", "label", *PROB_COLUMNS, "model"] and out["row"].tolist() == [0, 2]
+    assert summary["rejected_by_reason"] == {"empty": 1}
+    with pytest.raises(KeyError, match="--text-column"):
+        predict_file(clf, src, tmp_path / "x.csv", progress=False)
+    assert not (tmp_path / "x.csv").exists()  # a failed run leaves no half-written output
+    with pytest.raises(ValueError, match="extension"):
+        file_format(tmp_path / "posts.xlsx")
+
+
+def test_cli_predict_gzip_csv_with_summary(exported, posts, tmp_path, root):
+    src = tmp_path / "posts.csv.gz"
+    pd.DataFrame({"text": posts[:64] + [""]}).to_csv(src, index=False)
+    dst, summary_file = tmp_path / "labels.parquet", tmp_path / "summary.json"
+    result = subprocess.run([sys.executable, "-m", "finsent.cli", "predict", str(src), "-o", str(dst), "--model",
+                             str(exported[0] / "int8"), "--keep-columns", "", "--threads", "1", "--chunk-size", "16",
+                             "--summary", str(summary_file)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(summary_file.read_text())
+    assert summary["rows_predicted"] == 64 and summary["rows_rejected"] == 1 and summary["posts_per_s"] > 0
+    assert "1 rows could not be classified" in result.stderr and "post/s" in result.stderr  # progress bar
+    out = pd.read_parquet(dst)
+    assert list(out.columns) == ["row", "label", *PROB_COLUMNS, "model"] and len(out) == 64
+
+
+def test_serve_answers_with_the_predict_path(exported, posts):
+    """`finsent serve` on an ONNX export gives the probabilities `finsent predict` writes."""
+    from openai import OpenAI
+
+    clf = load_classifier(str(exported[0] / "int8"))
+    texts = posts[:16]
+    expected = clf.predict_proba(texts)
+    with BackgroundServer(create_app(clf, "finsent-int8")) as url:
+        request = urllib.request.Request(f"{url}/classify", data=json.dumps({"input": texts}).encode(),
+                                         headers={"content-type": "application/json"})
+        data = json.loads(urllib.request.urlopen(request, timeout=60).read())["data"]
+        answer = OpenAI(base_url=url, api_key="unused").chat.completions.create(
+            model="finsent-int8", messages=[{"role": "user", "content": texts[0]}])
+    served = np.array([[row["probs"][lab] for lab in LABELS] for row in data])
+    assert np.allclose(served, expected, atol=1e-6)
+    assert answer.choices[0].message.content == LABELS[int(expected[0].argmax())]
+
+
+def test_backend_report_flags_losses_beyond_tolerance():
+    frame = lambda pred: pd.DataFrame({"actual": ["negative", "neutral", "positive", "neutral"],  # noqa: E731
+                                       "predicted": pred})
+    results = {"encoder": {"fpb": {"macro_f1": 0.85}, "tweets": {"macro_f1": 0.82}},
+               "encoder_int8": {"fpb": {"macro_f1": 0.846}, "tweets": {"macro_f1": 0.81}}}
+    pairs = {"encoder": {t: frame(["negative", "neutral", "positive", "neutral"]) for t in ("fpb", "tweets")},
+             "encoder_int8": {t: frame(["negative", "neutral", "neutral", "neutral"]) for t in ("fpb", "tweets")}}
+    models = {"encoder": {"kind": "encoder"}, "encoder_int8": {"kind": "onnx", "reference": "encoder"}}
+    report = backend_report(models, results, pairs, tolerance=0.005)
+    rows = report["encoder_int8"]["per_test_set"]
+    assert rows["fpb"]["delta_macro_f1"] == -0.004 and rows["fpb"]["within_tolerance"]
+    assert rows["tweets"]["delta_macro_f1"] == -0.01 and not rows["tweets"]["within_tolerance"]
+    assert rows["fpb"]["label_agreement"] == 0.75 and not report["encoder_int8"]["all_within_tolerance"]
+    with pytest.raises(ValueError, match="reference"):
+        backend_report({"x": {"reference": "nope"}}, results, pairs, 0.005)
