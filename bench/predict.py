@@ -4,8 +4,8 @@ Same posts, same fine-tuned model, same thread count, one run. Baseline: the pip
 defaults (`top_k=None` so it returns the three probabilities `finsent predict` writes,
 `truncation=True` so a long post cannot crash it), reading the CSV and writing a CSV like
 `finsent predict` does. Then `finsent predict` on each backend: PyTorch float32, PyTorch with
-`--dtype auto` (bfloat16 where the CPU has it natively), ONNX Runtime fp32 and int8 (the
-default model), and int8 batched (faster, but a post's answer then depends on its batch).
+`--dtype auto` (bfloat16 where the CPU has it natively: the default), ONNX Runtime fp32 and int8,
+and int8 batched (faster, but a post's answer then depends on its batch).
 
 Each arm runs in its own process (so peak memory is its own): load the model, warm up on 64 posts,
 then time `--repeats` passes over the whole file (file in -> file out); posts/s is the median.
@@ -32,13 +32,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "pipeline"
+DEFAULT = "finsent torch auto (default)"  # what `finsent predict` runs without --model / --dtype
 # arm -> (how it loads, options); the model paths come from the command line
 ARMS = {
     BASELINE: ("pipeline", {}),
     "finsent torch fp32": ("finsent", {"model": "torch", "dtype": "float32"}),
-    "finsent torch auto": ("finsent", {"model": "torch", "dtype": "auto"}),
+    DEFAULT: ("finsent", {"model": "torch", "dtype": "auto"}),
     "finsent onnx fp32": ("finsent", {"model": "onnx_fp32"}),
-    "finsent onnx int8 (default)": ("finsent", {"model": "onnx_int8"}),
+    "finsent onnx int8": ("finsent", {"model": "onnx_int8"}),
     "finsent onnx int8 batched": ("finsent", {"model": "onnx_int8", "batch_size": 64, "force_batch": True}),
 }
 # USD per hour of this machine's equivalent: AWS m5.large (2 vCPU, 8 GiB) on-demand, us-east-1, Linux
@@ -158,11 +159,14 @@ def main() -> None:
         r.update(ratio=r["posts_per_s"] / base["posts_per_s"], same_label_as_baseline=same, usd_per_1m_posts=usd)
         print(f"{name:<30} {r['posts_per_s']:8.1f} {r['ratio']:11.2f}x {same:10.2%} {r['peak_rss_mb']:7.0f}MB "
               f"{r['load_s']:5.1f}s {usd:15.4f}")
-    best = max(results.values(), key=lambda r: r["posts_per_s"])
     print(f"\nthis machine: ${args.usd_per_hour}/h (assumed; --usd-per-hour). gpt-4o-mini: ${price[0]}/1M input, "
           f"${price[1]}/1M output tokens (OpenAI list price, params.yaml label.prices, checked 2026-11) -> "
-          f"${gpt_usd:.2f} per 1M posts of this length (${gpt_usd / 2:.2f} with the Batch API); "
-          f"{best['arm']}: ${best['usd_per_1m_posts']:.4f} ({gpt_usd / best['usd_per_1m_posts']:.0f}x cheaper)")
+          f"${gpt_usd:.2f} per 1M posts of this length (${gpt_usd / 2:.2f} with the Batch API)")
+    for name in dict.fromkeys([DEFAULT, max(results, key=lambda k: results[k]["posts_per_s"])]):
+        if name in results:
+            usd = results[name]["usd_per_1m_posts"]
+            print(f"{name}: ${usd:.4f} per 1M posts ({gpt_usd / usd:.0f}x cheaper than gpt-4o-mini, "
+                  f"{gpt_usd / 2 / usd:.0f}x than its Batch API)")
     if args.json:
         Path(args.json).write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "labels"}
                                                for k, v in results.items()} | {"gpt_4o_mini_usd_per_1m": gpt_usd},

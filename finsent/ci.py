@@ -26,8 +26,8 @@ TOLERANCE = 0.03  # absolute macro-F1: room for float differences between CPUs, 
 CI_DIR = Path("ci")
 OVERRIDES = CI_DIR / "overrides.yaml"
 REFERENCE = CI_DIR / "reference"
-METRIC_FILES = ("convert.json", "split.json", "train.json", "train_llm.json", "compare.json", "label.json",
-                "evaluate.json", "per_class.json", "student.json")
+METRIC_FILES = ("convert.json", "split.json", "train.json", "train_llm.json", "export.json", "compare.json",
+                "label.json", "evaluate.json", "per_class.json", "student.json", "backends.json")
 
 
 def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:

