@@ -184,6 +184,15 @@ def test_bad_rows_are_reported_not_dropped(exported, tmp_path):
     assert summary["rejected_by_reason"]["empty"] == 2 and sum(summary["rejected_by_reason"].values()) == 8
 
 
+def test_jsonl_chunk_without_the_text_key_counts_as_missing(exported, tmp_path):
+    clf = OnnxClassifier(str(exported[0] / "int8"))
+    src = tmp_path / "posts.jsonl"
+    src.write_text('{"text": "Profit rose ."}\n{"text": "Sales fell ."}\n{"id": 3}\n{"id": 4}\n', encoding="utf-8")
+    summary = predict_file(clf, src, tmp_path / "out.csv", chunk_size=2, progress=False)
+    assert summary["rows_predicted"] == 2 and summary["rejected_by_reason"] == {"missing": 2}
+    assert pd.read_csv(summary["rejects"])["row"].tolist() == [2, 3]
+
+
 def test_csv_empty_cells_and_missing_text_column(exported, tmp_path):
     clf = OnnxClassifier(str(exported[0] / "int8"))
     src = tmp_path / "posts.csv"
