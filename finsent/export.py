@@ -78,7 +78,7 @@ def quantize_int8(fp32_dir: str | Path, out_dir: str | Path, *, name: str, per_c
     Dynamic quantization scales activations by one range per input tensor, i.e. per batch (padding
     included), so a post's probabilities depend on the posts batched with it. ``batch_size: 1`` in
     the card (the default) makes every loader run one post at a time: the same post always gets the
-    same answer, at ~25% of the int8 speed (README); None leaves batching to the caller.
+    same answer, at ~2/3 of batched int8's speed (bench/predict.py); None leaves batching to the caller.
     ``keep_fp32``: regular expressions; MatMul nodes whose name matches one stay in fp32 (the most
     quantization-sensitive layers, chosen on validation data)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
