@@ -119,7 +119,8 @@ def main() -> None:
     ap.add_argument("--usd-per-hour", type=float, default=DEFAULT_USD_PER_HOUR,
                     help="what this machine costs (default: AWS m5.large on-demand, 2 vCPU, $0.096/h)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ", ".join(ARMS))
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--json", default=str(ROOT / "bench/results/predict.json"), help="where the results go")
+    ap.add_argument("--plot", default=str(ROOT / "bench/results/predict.png"), help="bar chart of posts/s per arm")
     ap.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
     args = ap.parse_args()
 
@@ -167,10 +168,15 @@ def main() -> None:
             usd = results[name]["usd_per_1m_posts"]
             print(f"{name}: ${usd:.4f} per 1M posts ({gpt_usd / usd:.0f}x cheaper than gpt-4o-mini, "
                   f"{gpt_usd / 2 / usd:.0f}x than its Batch API)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "labels"}
-                                               for k, v in results.items()} | {"gpt_4o_mini_usd_per_1m": gpt_usd},
-                                              indent=2))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"posts": n, "input": str(args.input), "repeats": args.repeats,
+                                           "usd_per_hour": args.usd_per_hour, "gpt_4o_mini_usd_per_1m": gpt_usd,
+                                           "arms": {k: {kk: vv for kk, vv in v.items() if kk != "labels"}
+                                                    for k, v in results.items()}}, indent=2) + "\n")
+    from finsent.plots import throughput_figure
+    throughput_figure({k: v["posts_per_s"] for k, v in results.items()}, BASELINE, args.plot,
+                      title=f"{n} real posts, {os.cpu_count()} CPUs, median of {args.repeats} runs")
+    print(f"results: {args.json}, {args.plot}")
 
 
 if __name__ == "__main__":

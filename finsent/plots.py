@@ -93,3 +93,21 @@ def model_comparison_figure(results: Mapping[str, Mapping[str, Mapping[str, Any]
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"{metric} by model and test set", fontsize=11)
     _save(fig, path)
+
+
+def throughput_figure(rates: Mapping[str, float], baseline: str, path: str | Path, title: str = "") -> None:
+    """Horizontal bars of posts/s per way of running a model, each labelled with its ratio to ``baseline``."""
+    names = list(rates)
+    values = [rates[n] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.4))
+    bars = ax.barh(np.arange(len(names)), values,
+                   color=["0.6" if n == baseline else plt.get_cmap("tab10")(0) for n in names])
+    ax.bar_label(bars, labels=[f"{v:.0f}/s  ({v / rates[baseline]:.2f}x)" for v in values], fontsize=8, padding=2)
+    ax.axvline(rates[baseline], color="0.3", linestyle="--", linewidth=1)
+    ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(values) * 1.3)
+    ax.set_xlabel("posts per second (median of the runs)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or f"throughput against {baseline}", fontsize=10)
+    _save(fig, path)
