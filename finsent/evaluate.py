@@ -70,14 +70,10 @@ def build_model(name: str, spec: Mapping[str, Any], train_df: pd.DataFrame, seed
         return MajorityClassifier().fit(train_df["text"], train_df["label"])
     if kind == "tfidf":
         return TfidfLogReg(C=float(spec.get("C", 4.0)), seed=seed).fit(train_df["text"], train_df["label"])
-    if kind == "encoder":
-        from .predict import EncoderClassifier
-        return EncoderClassifier(spec["model"], batch_size=int(spec.get("batch_size", 64)),
-                                 max_length=int(spec.get("max_length", 128)), dtype=spec.get("dtype", "float32"))
-    if kind == "onnx":
-        from .predict import OnnxClassifier
-        return OnnxClassifier(spec["model"], batch_size=int(spec.get("batch_size", 64)),
-                              max_length=int(spec.get("max_length", 128)))
+    if kind in ("encoder", "onnx"):  # the loader `finsent predict` and `finsent serve` use
+        from .predict import load_classifier
+        return load_classifier(spec["model"], kind, batch_size=int(spec.get("batch_size", 64)),
+                               max_length=int(spec.get("max_length", 128)), dtype=spec.get("dtype", "float32"))
     if kind == "zeroshot_embedding":
         from .predict import EmbeddingZeroShot
         return EmbeddingZeroShot(spec["model"], batch_size=int(spec.get("batch_size", 64)),

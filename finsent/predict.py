@@ -102,8 +102,6 @@ class _Tokenised:
 class EncoderClassifier(_Tokenised):
     """A sequence-classification model in PyTorch (the fine-tuned encoder, or any hub / local classifier)."""
 
-    backend = "torch"
-
     def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int = 128, device: str | None = None,
                  dtype: str = "float32"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -131,8 +129,6 @@ class OnnxClassifier(_Tokenised):
     """An ONNX Runtime export of a sequence classifier: a directory with ``model.onnx``, the
     tokenizer and ``config.json`` (finsent.export writes one per precision)."""
 
-    backend = "onnx"
-
     def __init__(self, model_dir: str, *, batch_size: int = 64, max_length: int = 128, threads: int | None = None):
         import onnxruntime as ort
         from transformers import AutoConfig, AutoTokenizer
@@ -154,8 +150,7 @@ class OnnxClassifier(_Tokenised):
         card = json.loads((path / MODEL_CARD).read_text()) if (path / MODEL_CARD).exists() else {}
         # an export may pin its batch size (dynamic int8: per-batch activation ranges, see finsent.export)
         self.batch_size, self.max_length = min(batch_size, card.get("batch_size") or batch_size), max_length
-        self.precision = card.get("precision", "fp32")
-        self.model_id = card.get("model_id") or f"{path.name}:onnx-{self.precision}"
+        self.model_id = card.get("model_id") or f"{path.name}:onnx-{card.get('precision', 'fp32')}"
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         def forward(enc: dict) -> np.ndarray:
@@ -170,8 +165,6 @@ class EmbeddingZeroShot(_Tokenised):
 
     This is the base encoder *before* fine-tuning, so the evaluate table shows what training added.
     """
-
-    backend = "zeroshot"
 
     def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int = 128, temperature: float = 0.05,
                  descriptions: dict[str, str] | None = None, device: str | None = None):
@@ -201,9 +194,6 @@ class EmbeddingZeroShot(_Tokenised):
 
 class LLMClassifier:
     """A causal LM scored by label likelihood (finsent.llm): zero-shot, or with a LoRA adapter."""
-
-    backend = "llm"
-    truncated = 0  # prompts are not cut: the LM sees the whole post
 
     def __init__(self, base: str, adapter_dir: str | None = None, dtype: str = "auto", batch_size: int = 16):
         from .llm import load_causal_lm

@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .labels import LABELS
-from .metrics import PROB_COLUMNS
+from .metrics import PROB_COLUMNS, probs_to_labels
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 OUTPUT_COLUMNS = ("row", "label", *PROB_COLUMNS, "model")
@@ -219,8 +219,8 @@ def output_frame(chunk: pd.DataFrame, probs: np.ndarray, keep: list[str], model_
     out = pd.DataFrame({"row": chunk.index.to_numpy(dtype=np.int64)})
     for col in keep:
         out[f"input_{col}" if col in OUTPUT_COLUMNS else col] = chunk[col].to_numpy()
-    out["label"] = np.asarray(LABELS)[probs.argmax(axis=1)] if len(probs) else np.array([], dtype=object)
-    for col, values in zip(PROB_COLUMNS, probs.T if len(probs) else np.zeros((len(LABELS), 0))):
+    out["label"] = probs_to_labels(probs)
+    for col, values in zip(PROB_COLUMNS, probs.T):
         out[col] = np.round(values, 6)
     out["model"] = model_id
     return out
