@@ -21,7 +21,7 @@ test-fast: install
 	python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ci-check: install
-	python -m finsent.ci check
+	python -m finsent.pipeline.ci check
 
 plots:
 	dvc plots show -o metrics/html && echo "open metrics/html/index.html"

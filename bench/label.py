@@ -19,10 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from finsent.data import load_split, sample_rows  # noqa: E402
-from finsent.label import LabelCache, OpenAITeacher  # noqa: E402
-from finsent.predict import load_classifier  # noqa: E402
-from finsent.serve import BackgroundServer, create_app  # noqa: E402
+from finsent.data.splits import load_split, sample_rows  # noqa: E402
+from finsent.core.schema import OpenAISpec  # noqa: E402
+from finsent.teachers.cache import LabelCache  # noqa: E402
+from finsent.teachers.openai_teacher import OpenAITeacher  # noqa: E402
+from finsent.inference.classifiers import load_classifier  # noqa: E402
+from finsent.serving.app import create_app  # noqa: E402
+from finsent.serving.background import BackgroundServer  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     with BackgroundServer(create_app(classifier, "bench", max_batch=64, max_wait_ms=5)) as url:
         for concurrency in (1, 16):
             with tempfile.TemporaryDirectory() as tmp:
-                teacher = OpenAITeacher(model="bench", base_url=url, concurrency=concurrency)
+                teacher = OpenAITeacher(OpenAISpec(model="bench", base_url=url, concurrency=concurrency))
                 start = time.perf_counter()
                 answers = teacher.label(texts, LabelCache(Path(tmp) / "c.sqlite"))
                 seconds = time.perf_counter() - start

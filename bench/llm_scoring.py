@@ -1,4 +1,4 @@
-"""Benchmark: label scoring throughput of the causal LM (finsent.llm.score_labels).
+"""Benchmark: label scoring throughput of the causal LM (finsent.inference.causal_lm.score_labels).
 
 Baseline: one forward pass per label over the whole prompt (``per_label=True``), the plain way to
 score completions. Compared in the same run, on the same rows: a single pass reading the three label
@@ -18,14 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.config import load_params  # noqa: E402
-from finsent.data import load_split, sample_rows  # noqa: E402
-from finsent.llm import load_causal_lm, score_labels  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.data.splits import load_split, sample_rows  # noqa: E402
+from finsent.inference.causal_lm import load_causal_lm, score_labels  # noqa: E402
 
 
 def main() -> None:
     params = load_params()
-    default_model = params["llm_hp_sets"][params["llm"]["hp_set"]]["model"]
+    default_model = params.llm_hp.model
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=default_model)
     ap.add_argument("--split", default="fpb_balanced")

@@ -69,8 +69,9 @@ def run_arm(name: str, args) -> dict:
 
         pipe(texts.head(64).tolist(), top_k=None, truncation=True)
     else:
-        from finsent.predict import load_classifier, set_threads
-        from finsent.stream import predict_file
+        from finsent.core.runtime import set_threads
+        from finsent.inference.classifiers import load_classifier
+        from finsent.inference.stream import predict_file
 
         set_threads(args.threads)
         clf = load_classifier(paths[opts["model"]], dtype=opts.get("dtype", "auto"),
@@ -98,10 +99,10 @@ def run_arm(name: str, args) -> dict:
 
 def gpt_cost_per_million(texts, model: str = "gpt-4o-mini") -> tuple[float, tuple[float, float]]:
     """USD per 1M posts like these through the label stage's prompt, at params.yaml's list price."""
-    from finsent.config import load_params
-    from finsent.label import estimate_cost, price_of
+    from finsent.core.params import load_params
+    from finsent.teachers.cost import estimate_cost, price_of
 
-    price = price_of(load_params(ROOT / "params.yaml")["label"]["prices"], model)
+    price = price_of(load_params(ROOT / "params.yaml").label.prices, model)
     estimate = estimate_cost(texts, price)
     return estimate["usd"] / estimate["rows"] * 1e6, price
 
@@ -173,7 +174,7 @@ def main() -> None:
                                            "usd_per_hour": args.usd_per_hour, "gpt_4o_mini_usd_per_1m": gpt_usd,
                                            "arms": {k: {kk: vv for kk, vv in v.items() if kk != "labels"}
                                                     for k, v in results.items()}}, indent=2) + "\n")
-    from finsent.plots import throughput_figure
+    from finsent.evaluation.plots import throughput_figure
     throughput_figure({k: v["posts_per_s"] for k, v in results.items()}, BASELINE, args.plot,
                       title=f"{n} real posts, {os.cpu_count()} CPUs, median of {args.repeats} runs")
     print(f"results: {args.json}, {args.plot}")

@@ -1,10 +1,10 @@
 """The `finsent` command. Pipeline stages run through `dvc repro`; this holds the tools around them.
 
     finsent model-path REF     where a model reference resolves to (pkg://, local path or hub id)
-    finsent ci check|update    the CI metric check (see finsent.ci)
-    finsent serve --model REF  an OpenAI-compatible HTTP endpoint for a model (see finsent.serve)
+    finsent ci check|update    the CI metric check (see finsent.pipeline.ci)
+    finsent serve --model REF  an OpenAI-compatible HTTP endpoint for a model (see finsent.serving.app)
     finsent predict --model REF INPUT -o OUTPUT
-                               label a CSV / Parquet / JSONL file of any size (see finsent.stream)
+                               label a CSV / Parquet / JSONL file of any size (see finsent.inference.stream)
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.command == "serve":
-        from .serve import serve
+        from finsent.serving.app import serve
         serve(args.model, kind=args.kind, base=args.base, host=args.host, port=args.port, model_id=args.model_id,
               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, faults=args.faults,
               fault_seed=args.fault_seed, api_key_env=args.api_key_env, dtype=args.dtype,
@@ -62,22 +62,24 @@ def main(argv: list[str] | None = None) -> int:
         return _predict(args)
 
     if args.command == "model-path":
-        from .models import resolve_model_ref
+        from finsent.core.refs import resolve_model_ref
         print(resolve_model_ref(args.ref))
         return 0
-    from . import ci
+    from finsent.pipeline import ci
     extra = ["--tolerance", str(args.tolerance)] if args.tolerance is not None else []
     return ci.main([args.action, *extra])
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     """How a model is loaded and run: the same options for predict and serve (one inference path)."""
-    from .predict import KINDS
+    from finsent.inference.classifiers import KINDS
     p.add_argument("--kind", default="auto", choices=KINDS,
                    help="auto: an ONNX export, a LoRA adapter or a sequence classifier, from the directory")
-    p.add_argument("--base", help="base model of a LoRA adapter (default: params.yaml's llm hp set)")
+    p.add_argument("--base", help="base model of a LoRA adapter (default: the one its model card names)")
     p.add_argument("--dtype", default="auto", help="PyTorch backends: auto (bfloat16 where native), float32, bfloat16")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per post; longer posts are cut (and counted)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per post; longer posts are cut (and counted). Default: the length the model was "
+                        "trained at (its model card)")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch / ONNX Runtime (default: their own choice)")
 
 
@@ -86,8 +88,9 @@ def _predict(args) -> int:
     import sys
     from pathlib import Path
 
-    from .predict import load_classifier, set_threads
-    from .stream import predict_file
+    from finsent.core.runtime import set_threads
+    from finsent.inference.classifiers import load_classifier
+    from finsent.inference.stream import predict_file
 
     if args.model.startswith("models/") and not Path(args.model).exists():  # a pipeline output not built yet
         raise SystemExit(f"finsent predict: {args.model} does not exist; build it with `dvc repro` "
@@ -101,7 +104,7 @@ def _predict(args) -> int:
                            input_format=args.input_format, output_format=args.output_format,
                            progress=not args.no_progress)
     if args.summary:
-        from .io import write_json
+        from finsent.core.io import write_json
         write_json(summary, args.summary)
     print(json.dumps(summary, indent=2))
     if summary["rows_rejected"]:

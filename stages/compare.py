@@ -13,12 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.compare import compare, compare_markdown  # noqa: E402
-from finsent.config import METRICS_DIR, load_params, require  # noqa: E402
-from finsent.data import load_split, sample_rows  # noqa: E402
-from finsent.io import StageClock, write_json  # noqa: E402
-from finsent.label import LabelCache  # noqa: E402
-from finsent.plots import model_comparison_figure  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.core.paths import METRICS_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,22 +22,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--metrics-dir", default=str(METRICS_DIR))
     args = ap.parse_args(argv)
+    params = load_params(args.params)  # validated before anything heavy is imported
 
-    params = load_params(args.params)
-    cfg = require(params, "compare")
-    label_cfg = params.get("label") or {}
-    seed = int(params.get("seed", 42))
-    gold_spec = cfg["gold"]
-    sample = sample_rows(load_split(gold_spec["split"], gold_spec["part"]), gold_spec.get("n"), seed)
-    cache = LabelCache(Path(label_cfg.get("cache_dir", "data/cache")) / "labels.sqlite")
+    from finsent.core.io import write_json
+    from finsent.data.splits import load_split, sample_rows
+    from finsent.evaluation.plots import model_comparison_figure
+    from finsent.teachers.cache import LabelCache
+    from finsent.teachers.compare import compare, compare_markdown
+
+    cfg = params.compare
+    sample = sample_rows(load_split(cfg.gold.split, cfg.gold.part), cfg.gold.n, params.seed)
+    cache = LabelCache.in_dir(params.label.cache_dir)
     try:
-        result = compare(cfg["candidates"], sample["text"].tolist(), sample["label"].tolist(), cache,
-                         label_cfg.get("prices") or {}, metric=cfg.get("metric", "macro_f1"))
+        result = compare(cfg.candidates, sample["text"].tolist(), sample["label"].tolist(), cache,
+                         params.label.prices, metric=cfg.metric)
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     finally:
         cache.close()
-    result["gold"] = {**gold_spec, "n": len(sample)}
+    result["gold"] = {**cfg.gold.model_dump(), "n": len(sample)}
     out = Path(args.metrics_dir)
     write_json(result, out / "compare.json")
     (out / "compare.md").write_text(compare_markdown(result), encoding="utf-8")
@@ -53,5 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from finsent.core.io import StageClock
+
     with StageClock("compare"):
         raise SystemExit(main())

@@ -7,9 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.config import INTERIM_DIR, METRICS_DIR, load_params  # noqa: E402
-from finsent.convert import convert_dataset  # noqa: E402
-from finsent.io import StageClock, write_csv, write_json  # noqa: E402
+from finsent.core.io import StageClock, write_csv, write_json  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.core.paths import INTERIM_DIR, METRICS_DIR  # noqa: E402
+from finsent.data.convert import convert_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     out_dir = Path(args.out_dir)
     summary = {}
-    for name, spec in params["datasets"].items():
+    for name, spec in params.datasets.items():
         result = convert_dataset(name, spec)
         write_csv(result.rows, out_dir / f"{name}.csv")
         write_csv(result.rejects, out_dir / "rejects" / f"{name}.csv")

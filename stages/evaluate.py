@@ -15,12 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.config import METRICS_DIR, PLOTS_DIR, load_params, require  # noqa: E402
-from finsent.data import training_rows  # noqa: E402
-from finsent.evaluate import (backend_report, evaluate_all, split_metrics, student_report,  # noqa: E402
-                              summary_markdown, test_sets_from_params)
-from finsent.io import StageClock, write_csv, write_json  # noqa: E402
-from finsent.plots import confusion_figure, metrics_by_class_figure, model_comparison_figure  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.core.paths import METRICS_DIR, PLOTS_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,23 +24,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--predictions-dir", default="predictions")
     args = ap.parse_args(argv)
+    params = load_params(args.params)  # validated before torch / transformers are imported
 
-    params = load_params(args.params)
-    cfg = require(params, "evaluate")
-    train_cfg = require(params, "train")
-    seed = int(params.get("seed", 42))
+    from finsent.core.io import write_csv, write_json
+    from finsent.data.splits import training_rows
+    from finsent.evaluation.evaluate import (backend_report, evaluate_all, split_metrics, student_report,
+                                             summary_markdown, test_sets_from_params)
+    from finsent.evaluation.plots import confusion_figure, metrics_by_class_figure, model_comparison_figure
+
+    cfg = params.evaluate
     # Baselines see exactly the rows the encoder was trained on.
-    train_df = training_rows(train_cfg, seed)
-    test_sets = test_sets_from_params(cfg["test_sets"])
-    results, predictions, pairs = evaluate_all(cfg["models"], test_sets, train_df, max_rows=cfg.get("max_rows"), seed=seed)
+    train_df = training_rows(params.train, params.seed)
+    test_sets = test_sets_from_params(cfg.test_sets)
+    results, predictions, pairs = evaluate_all(cfg.models, test_sets, train_df, max_rows=cfg.max_rows,
+                                               seed=params.seed)
 
     heads, per_class = split_metrics(results)
     write_json(heads, METRICS_DIR / "evaluate.json")
     label_file = METRICS_DIR / "label.json"
     label_metrics = json.loads(label_file.read_text()) if label_file.exists() else None
-    write_json(student_report(results, train_cfg.get("labels", "gold"), label_metrics), METRICS_DIR / "student.json")
+    write_json(student_report(results, params.train.labels, label_metrics), METRICS_DIR / "student.json")
     write_json(per_class, METRICS_DIR / "per_class.json")
-    backends = backend_report(cfg["models"], results, pairs, float(cfg.get("backend_tolerance", 0.005)))
+    backends = backend_report(cfg.models, results, pairs, cfg.backend_tolerance)
     write_json(backends, METRICS_DIR / "backends.json")
     for name, rep in backends.items():
         for test, row in rep["per_test_set"].items():
@@ -70,5 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from finsent.core.io import StageClock
+
     with StageClock("evaluate"):
         raise SystemExit(main())

@@ -14,46 +14,46 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.config import METRICS_DIR, load_params, require  # noqa: E402
-from finsent.data import load_split_union, sample_rows  # noqa: E402
-from finsent.export import check_exports, export_onnx, quantize_int8  # noqa: E402
-from finsent.io import StageClock, write_json  # noqa: E402
-from finsent.predict import EncoderClassifier, OnnxClassifier  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.core.paths import METRICS_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
+    params = load_params(args.params)  # validated before torch / onnx are imported
 
-    params = load_params(args.params)
-    cfg = require(params, "export")
-    out = Path(cfg["out"])
+    from finsent.core.io import write_json
+    from finsent.data.splits import load_split_union, sample_rows
+    from finsent.inference.classifiers import EncoderClassifier, OnnxClassifier
+    from finsent.inference.export import check_exports, export_onnx, quantize_int8
+
+    cfg = params.export
+    out = Path(cfg.out)
     shutil.rmtree(out, ignore_errors=True)
-    name = cfg.get("name") or Path(cfg["model"]).name
-    fp32 = export_onnx(cfg["model"], out / "fp32", name=name, opset=int(cfg.get("opset", 17)))
-    q = cfg.get("int8") or {}
-    int8 = quantize_int8(out / "fp32", out / "int8", name=name, per_channel=bool(q.get("per_channel", True)),
-                         reduce_range=bool(q.get("reduce_range", True)), keep_fp32=q.get("keep_fp32") or [],
-                         batch_size=q.get("batch_size", 1))
+    name = cfg.name or Path(cfg.model).name
+    fp32 = export_onnx(cfg.model, out / "fp32", name=name, opset=cfg.opset)
+    q = cfg.int8
+    int8 = quantize_int8(out / "fp32", out / "int8", name=name, per_channel=q.per_channel,
+                         reduce_range=q.reduce_range, keep_fp32=q.keep_fp32, batch_size=q.batch_size)
     print(f"export: fp32 {fp32['size_mb']} MB in {fp32['export_s']} s, int8 {int8['size_mb']} MB "
           f"in {int8['quantize_s']} s -> {out}")
 
-    check = cfg.get("check") or {}
-    seed = int(params.get("seed", 42))
-    texts = sample_rows(load_split_union(check.get("splits", ["fpb", "tweets"]), "val"), check.get("n"), seed)["text"]
-    max_length = int(cfg.get("max_length", 128))
-    reference = EncoderClassifier(cfg["model"], max_length=max_length)
-    checks = check_exports(reference, {p: OnnxClassifier(str(out / p), max_length=max_length) for p in ("fp32", "int8")},
-                           texts.tolist())
+    # Each export at the max length its card carries (the trained model's), against PyTorch fp32.
+    texts = sample_rows(load_split_union(cfg.check.splits, "val"), cfg.check.n, params.seed)["text"]
+    reference = EncoderClassifier(cfg.model)
+    checks = check_exports(reference, {p: OnnxClassifier(str(out / p)) for p in ("fp32", "int8")}, texts.tolist())
     for precision, row in checks.items():
         print(f"export: {precision} vs PyTorch fp32 on {len(texts)} validation posts: same label "
               f"{row['label_agreement']:.2%}, max |dp| {row['max_abs_prob_diff']:.2g}")
-    write_json({"model": cfg["model"], "check_rows": len(texts),
+    write_json({"model": cfg.model, "check_rows": len(texts),
                 "fp32": {**fp32, **checks["fp32"]}, "int8": {**int8, **checks["int8"]}}, METRICS_DIR / "export.json")
     return 0
 
 
 if __name__ == "__main__":
+    from finsent.core.io import StageClock
+
     with StageClock("export"):
         raise SystemExit(main())

@@ -7,9 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.config import INTERIM_DIR, METRICS_DIR, SPLITS_DIR, load_params  # noqa: E402
-from finsent.io import StageClock, read_interim, write_csv, write_json  # noqa: E402
-from finsent.split import make_split  # noqa: E402
+from finsent.core.io import StageClock, read_interim, write_csv, write_json  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.core.paths import INTERIM_DIR, METRICS_DIR, SPLITS_DIR  # noqa: E402
+from finsent.data.split import make_split  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,11 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     params = load_params(args.params)
-    seed = int(params.get("seed", 42))
     report = {}
-    for name, spec in params["splits"].items():
-        rows = read_interim(INTERIM_DIR / f"{spec['dataset']}.csv")
-        result = make_split(rows, spec, seed=seed)
+    for name, spec in params.splits.items():
+        rows = read_interim(INTERIM_DIR / f"{spec.dataset}.csv")
+        result = make_split(rows, spec, seed=params.seed)
         for part, frame in result.parts.items():
             write_csv(frame, Path(args.out_dir) / name / f"{part}.csv")
         write_csv(result.dropped, Path(args.out_dir) / name / "dropped.csv")

@@ -1,6 +1,6 @@
 """Stage train: fine-tune the encoder classifier on the train splits named in params.yaml `train`.
 
-Outputs: models/encoder (best checkpoint + tokenizer), runs/encoder/<hp_set>/ (TensorBoard),
+Outputs: models/encoder (best checkpoint + tokenizer + model card), runs/encoder/<hp_set>/ (TensorBoard),
 metrics/train.json and metrics/train_history.csv (validation curve, a DVC plot).
 Runs unchanged under `accelerate launch` / torchrun for multi-GPU data parallel.
 """
@@ -13,10 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.config import METRICS_DIR, MODELS_DIR, RUNS_DIR, hp_set, load_params, require  # noqa: E402
-from finsent.data import load_split_union, sample_rows, training_rows  # noqa: E402
-from finsent.io import StageClock, write_csv, write_json  # noqa: E402
-from finsent.train import train_encoder  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.core.paths import METRICS_DIR, MODELS_DIR, RUNS_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,25 +23,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=str(MODELS_DIR / "encoder"))
     ap.add_argument("--runs-dir", default=str(RUNS_DIR / "encoder"))
     args = ap.parse_args(argv)
+    params = load_params(args.params)  # validated before torch / transformers are imported
 
-    params = load_params(args.params)
-    cfg = require(params, "train")
-    name = cfg["hp_set"]
-    hp = hp_set(params, name)
-    splits = cfg["splits"]
-    data_seed = int(params.get("seed", 42))  # the same rows the evaluate stage fits the baselines on
+    from finsent.core.io import write_csv, write_json
+    from finsent.data.splits import load_split_union, sample_rows, training_rows
+    from finsent.training.encoder import train_encoder
+
+    cfg, hp = params.train, params.hp
+    data_seed = params.seed  # the same rows the evaluate stage fits the baselines on
     train_df = training_rows(cfg, data_seed)
-    val_df = sample_rows(load_split_union(splits, "val"), cfg.get("max_val_rows"), data_seed)
-    print(f"train: {len(train_df)} rows ({cfg.get('labels', 'gold')} labels), val: {len(val_df)} rows (gold) from "
-          f"splits {splits}; hp set '{name}': {hp}")
+    val_df = sample_rows(load_split_union(cfg.splits, "val"), cfg.max_val_rows, data_seed)
+    print(f"train: {len(train_df)} rows ({cfg.labels} labels), val: {len(val_df)} rows (gold) from "
+          f"splits {cfg.splits}; hp set '{cfg.hp_set}': {hp.model_dump()}")
 
     out_dir = Path(args.out_dir)
     work_dir = MODELS_DIR / ".checkpoints" / out_dir.name
     for stale in (out_dir, work_dir):
         shutil.rmtree(stale, ignore_errors=True)
-    result = train_encoder(train_df, val_df, model_ref=cfg["model"], hp=hp, hp_name=name, out_dir=out_dir,
-                           log_dir=Path(args.runs_dir) / name, work_dir=work_dir,
-                           patience=int(cfg.get("early_stopping_patience", 2)), max_steps=cfg.get("max_steps"))
+    result = train_encoder(train_df, val_df, model_ref=cfg.model, hp=hp, hp_name=cfg.hp_set, out_dir=out_dir,
+                           log_dir=Path(args.runs_dir) / cfg.hp_set, work_dir=work_dir,
+                           patience=cfg.early_stopping_patience, max_steps=cfg.max_steps)
     if result.is_main_process:
         write_json(result.summary, METRICS_DIR / "train.json")
         write_csv(result.history, METRICS_DIR / "train_history.csv")
@@ -54,5 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from finsent.core.io import StageClock
+
     with StageClock("train"):
         raise SystemExit(main())

@@ -3,9 +3,10 @@
 Reads params.yaml `llm` (+ the hp set named by llm.hp_set in `llm_hp_sets`). Trains on the
 train part of llm.train_split (balanced FPB by default) minus any text of the test sets it is
 scored on, with eval loss on its val part. Scores the base model (zero-shot) and the adapter on
-the test parts of llm.eval_splits (the same rows evaluate uses), writing
-models/llm/predictions/{base,lora}/<split>.csv for the evaluate stage, the adapter to
-models/llm/adapter, TensorBoard events to runs/llm/<hp_set>, and metrics/train_llm.json.
+the test parts of llm.eval_splits (the same rows evaluate uses: finsent.data.splits.test_rows),
+writing models/llm/predictions/{base,lora}/<split>.csv for the evaluate stage, the adapter (with its
+model card: base model, max length, hp set, data fingerprint) to models/llm/adapter, TensorBoard
+events to runs/llm/<hp_set>, and metrics/train_llm.json.
 Runs unchanged under `accelerate launch` for multi-GPU data parallel.
 """
 from __future__ import annotations
@@ -18,14 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from accelerate import PartialState  # noqa: E402
-
-from finsent.config import METRICS_DIR, MODELS_DIR, RUNS_DIR, load_params, require  # noqa: E402
-from finsent.data import load_split, sample_rows  # noqa: E402
-from finsent.split import exclude_texts  # noqa: E402
-from finsent.io import StageClock, write_csv, write_json  # noqa: E402
-from finsent.llm import add_lora, load_causal_lm, merged_for_inference, score_frames, sft_train  # noqa: E402
-from finsent.metrics import compute_metrics, prediction_frame, probs_to_labels  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.core.paths import METRICS_DIR, MODELS_DIR, RUNS_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,39 +28,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out-dir", default=str(MODELS_DIR / "llm"))
     args = ap.parse_args(argv)
+    params = load_params(args.params)  # validated before torch / transformers are imported
 
-    params = load_params(args.params)
-    cfg = require(params, "llm")
-    name = cfg["hp_set"]
-    hp = require(params, f"llm_hp_sets.{name}")
-    seed = int(params.get("seed", 42))
+    from accelerate import PartialState
+
+    from finsent.core.cards import data_fingerprint, write_card
+    from finsent.core.io import write_csv, write_json
+    from finsent.data.split import exclude_texts
+    from finsent.data.splits import load_split, sample_rows, test_rows
+    from finsent.evaluation.metrics import compute_metrics, prediction_frame, probs_to_labels
+    from finsent.inference.causal_lm import load_causal_lm, score_frames
+    from finsent.training.lora import add_lora, merged_for_inference, sft_train
+
+    cfg, hp, name = params.llm, params.llm_hp, params.llm.hp_set
+    seed = params.seed
     out_dir = Path(args.out_dir)
     # Under `accelerate launch` every process trains (data parallel); only the main one scores and writes.
     main_process = PartialState().is_main_process
     if main_process:
         shutil.rmtree(out_dir, ignore_errors=True)
 
-    # The rows evaluate will score (same sampling, same seed), and training rows that share none of their text.
-    tests = {split: sample_rows(load_split(split, "test"), params.get("evaluate", {}).get("max_rows"), seed)
-             for split in cfg["eval_splits"]}
-    train_all = load_split(cfg["train_split"], "train")
-    train_df, removed = exclude_texts(train_all, [load_split(s, "test") for s in cfg["eval_splits"]])
-    train_df = sample_rows(train_df, cfg.get("max_train_rows"), seed)
-    val_df = sample_rows(load_split(cfg["train_split"], "val"), cfg.get("max_val_rows"), seed)
-    print(f"train_llm: hp set '{name}', model {hp['model']}; {len(train_df)} train rows "
+    # The rows evaluate will score, and training rows that share none of the test sets' text.
+    tests = {split: test_rows(split, params.evaluate.max_rows, seed) for split in cfg.eval_splits}
+    train_all = load_split(cfg.train_split, "train")
+    train_df, removed = exclude_texts(train_all, [load_split(s, "test") for s in cfg.eval_splits])
+    train_df = sample_rows(train_df, cfg.max_train_rows, seed)
+    val_df = sample_rows(load_split(cfg.train_split, "val"), cfg.max_val_rows, seed)
+    print(f"train_llm: hp set '{name}', model {hp.model}; {len(train_df)} train rows "
           f"({removed} removed: their text is in a test set), {len(val_df)} val rows")
 
-    quant = hp.get("quantization") or {}
-    model, tokenizer = load_causal_lm(hp["model"], quantization=quant, dtype=hp.get("dtype"))
-    summary: dict = {"hp_set": name, "model": hp["model"], "quantized_4bit": bool(quant.get("load_in_4bit")),
+    quantized = hp.quantization.load_in_4bit
+    model, tokenizer = load_causal_lm(hp.model, quantization=hp.quantization, dtype=hp.dtype)
+    summary: dict = {"hp_set": name, "model": hp.model, "quantized_4bit": quantized,
                      "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                      "train_rows_removed_as_test_text": removed}
-    batch = int(cfg.get("score_batch_size", 16))
 
     def score(stage_name: str) -> None:
         start = time.perf_counter()
         with merged_for_inference(model):
-            scored = score_frames(model, tokenizer, tests, batch_size=batch, desc=f"score {stage_name}")
+            scored = score_frames(model, tokenizer, tests, batch_size=cfg.score_batch_size,
+                                  desc=f"score {stage_name}")
         summary[f"{stage_name}_score_seconds"] = round(time.perf_counter() - start, 1)
         for split, frame in tests.items():
             write_csv(prediction_frame(frame, scored[split], f"llm_{stage_name}"),
@@ -76,15 +78,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if main_process:
         score("base")
-    model = add_lora(model, hp["lora"], quantized=bool(quant.get("load_in_4bit")), seed=int(hp["seed"]))
+    model = add_lora(model, hp.lora, quantized=quantized, gradient_checkpointing=hp.gradient_checkpointing,
+                     seed=hp.seed)
     summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained, history = sft_train(model, tokenizer, train_df, val_df, hp, work_dir=out_dir / "checkpoints",
-                                 log_dir=RUNS_DIR / "llm" / name, max_steps=cfg.get("max_steps"))
+                                 log_dir=RUNS_DIR / "llm" / name, max_steps=cfg.max_steps)
     if not main_process:
         return 0
     summary.update(trained)
     model.save_pretrained(out_dir / "adapter")  # the LoRA adapter only, never merged into 4-bit weights
     tokenizer.save_pretrained(out_dir / "adapter")
+    write_card(out_dir / "adapter", model_id=f"llm-{name}", kind="llm", base_model=hp.model,
+               max_length=hp.max_length, dtype=summary["dtype"], quantization=hp.quantization.model_dump(),
+               hp_set=name, data_fingerprint=data_fingerprint(train_df["text"], train_df["label"]),
+               train_rows=len(train_df))
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     write_csv(history, METRICS_DIR / "train_llm_history.csv")
     score("lora")
@@ -93,5 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from finsent.core.io import StageClock
+
     with StageClock("train_llm"):
         raise SystemExit(main())

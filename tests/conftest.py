@@ -20,36 +20,62 @@ def root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def params() -> dict:
-    from finsent.config import load_params
+def params():
+    from finsent.core.params import load_params
     return load_params(ROOT / "params.yaml")
 
 
 @pytest.fixture(scope="session")
 def fpb(params):
-    from finsent.convert import convert_dataset
-    return convert_dataset("fpb", params["datasets"]["fpb"], root=ROOT)
+    from finsent.data.convert import convert_dataset
+    return convert_dataset("fpb", params.datasets["fpb"], root=ROOT)
 
 
 @pytest.fixture(scope="session")
 def tweets(params):
-    from finsent.convert import convert_dataset
-    return convert_dataset("tweets", params["datasets"]["tweets"], root=ROOT)
+    from finsent.data.convert import convert_dataset
+    return convert_dataset("tweets", params.datasets["tweets"], root=ROOT)
 
 
 @pytest.fixture(scope="session")
 def finetuned(tmp_path_factory, fpb, params):
     """A short real fine-tune of the packaged MiniLM (480 FPB AllAgree sentences, 2 epochs, ~1 min):
     (model directory, train summary, history, validation rows, the FPB split's parts)."""
-    from finsent.config import hp_set
-    from finsent.split import make_split
-    from finsent.train import train_encoder
+    from finsent.data.split import make_split
+    from finsent.training.encoder import train_encoder
 
     tmp = tmp_path_factory.mktemp("finetuned")
-    parts = make_split(fpb.rows, params["splits"]["fpb"], seed=42).parts
+    parts = make_split(fpb.rows, params.splits["fpb"], seed=42).parts
     train = parts["train"][parts["train"]["agreement"] == 1.0].head(480)
     val = parts["val"][parts["val"]["agreement"] == 1.0].head(120)
-    hp = hp_set(params, "tiny") | {"epochs": 2, "learning_rate": 2e-4}
+    hp = params.hp_sets["tiny"].model_copy(update={"epochs": 2, "learning_rate": 2e-4})
     out = train_encoder(train, val, model_ref=MINILM, hp=hp, hp_name="tiny", out_dir=tmp / "model",
                         log_dir=tmp / "runs", work_dir=tmp / "work", patience=2)
     return tmp / "model", out.summary, out.history, val, parts
+
+
+def build_tiny_llama(out: Path, texts: list[str], layers: int = 2, hidden: int = 64) -> Path:
+    """A tiny Llama (random weights) with a word-level tokenizer over the prompt template and ``texts``:
+    a real causal LM to train and score in seconds."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from finsent.core.labelset import LABELS
+    from finsent.core.prompts import SYSTEM_PROMPT, user_message
+
+    text = " ".join([SYSTEM_PROMPT, user_message(""), "Instruct: Output:", *LABELS, *texts])
+    words = sorted({w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)})
+    vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["[PAD]", "[UNK]", "</s>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="[PAD]", unk_token="[UNK]")
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                      max_position_embeddings=256, pad_token_id=0, eos_token_id=2, bos_token_id=None,
+                      initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return Path(out)

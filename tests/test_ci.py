@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from finsent.ci import OVERRIDES, REFERENCE, TOLERANCE, ci_params, macro_f1_drops
+from finsent.pipeline.ci import OVERRIDES, REFERENCE, TOLERANCE, ci_params, macro_f1_drops
 
 
 def test_gate_fails_only_beyond_tolerance():
@@ -18,7 +18,7 @@ def test_gate_fails_only_beyond_tolerance():
 
 
 def test_reference_matches_the_ci_configuration(root):
-    """ci/reference must come from the current CI overrides (refresh: python -m finsent.ci update)."""
+    """ci/reference must come from the current CI overrides (refresh: python -m finsent.pipeline.ci update)."""
     overrides = yaml.safe_load((root / OVERRIDES).read_text())
     reference = yaml.safe_load((root / REFERENCE / "params.yaml").read_text())
     def leaves(tree, prefix=()):

@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from finsent.convert import OUTPUT_COLUMNS, convert_dataset, read_phrasebank_file
-from finsent.labels import normalise_label
+from finsent.data.convert import OUTPUT_COLUMNS, convert_dataset, read_phrasebank_file
+from finsent.core.labelset import normalise_label
 
 FPB_DIR = "data/raw/financial-phrasebank-v1.0"
 TWEETS = "data/raw/twitter-financial-news-sentiment"
@@ -95,8 +95,11 @@ def test_convert_stage_writes_rejects_and_metrics(tmp_path, root, monkeypatch):
 
     from stages import convert as stage  # noqa: F401  (stages/ is importable from the root)
 
-    params = {"datasets": {"mini": {"format": "csv", "files": [{"path": str(tmp_path / "m.csv")}],
-                                    "label_map": {"up": "positive", "down": "negative", "flat": "neutral"}}}}
+    from finsent.core.params import read_yaml
+
+    params = read_yaml(root / "params.yaml")  # the real file plus one small CSV dataset
+    params["datasets"]["mini"] = {"format": "csv", "files": [{"path": str(tmp_path / "m.csv")}],
+                                  "label_map": {"up": "positive", "down": "negative", "flat": "neutral"}}
     (tmp_path / "m.csv").write_text("text,label\nShares up,up\n,down\nFlat day,flat\nOdd,sideways\n", encoding="utf-8")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
     stage.main(["--params", str(tmp_path / "p.yaml"), "--out-dir", str(tmp_path / "out"),

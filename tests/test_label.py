@@ -13,11 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finsent.config import load_params
-from finsent.label import LabelCache, OpenAITeacher, cache_key, parse_label, retry_after_seconds
-from finsent.labels import LABELS
-from finsent.predict import load_classifier
-from finsent.serve import BackgroundServer, Faults, create_app, text_key
+from finsent.core.labelset import LABELS
+from finsent.core.params import read_yaml
+from finsent.core.schema import OpenAISpec
+from finsent.inference.classifiers import load_classifier
+from finsent.serving.app import create_app
+from finsent.serving.background import BackgroundServer
+from finsent.serving.emulation import Faults
+from finsent.serving.openai_shape import text_key
+from finsent.teachers.cache import LabelCache, cache_key
+from finsent.teachers.openai_teacher import OpenAITeacher, parse_label, retry_after_seconds
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,7 @@ def posts(fpb):
 def workdir(tmp_path, fpb, tweets):
     """A working directory holding the split files the stages read (data/splits is a DVC output, absent
     from a fresh clone), built from the raw data the fixtures convert."""
-    from finsent.io import write_csv
+    from finsent.core.io import write_csv
 
     write_csv(fpb.rows, tmp_path / "data/splits/fpb/train.csv")
     write_csv(tweets.rows.sample(200, random_state=0), tmp_path / "data/splits/tweets/val.csv")
@@ -42,8 +47,8 @@ def workdir(tmp_path, fpb, tweets):
 
 
 def teacher(url: str, **kw) -> OpenAITeacher:
-    return OpenAITeacher(model="finsent-test", base_url=url, api_key_env="FINSENT_TEST_KEY_UNSET",
-                         price=(0.15, 0.60), **kw)
+    return OpenAITeacher(OpenAISpec(model="finsent-test", base_url=url, api_key_env="FINSENT_TEST_KEY_UNSET", **kw),
+                         price=(0.15, 0.60))
 
 
 def stats(url: str, key: str | None = None) -> dict:
@@ -109,7 +114,7 @@ def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, w
     monkeypatch.setenv("FINSENT_TEST_KEY", secret)  # the stage subprocesses inherit it
     app = create_app(classifier, "finsent-test", max_wait_ms=30, api_key=secret)
     with BackgroundServer(app) as url:
-        params = load_params(root / "params.yaml")
+        params = read_yaml(root / "params.yaml")
         params["label"].update(teacher="openai", cache_dir=str(tmp_path / "cache"), pool={"split": "fpb", "part": "train", "n": 300})
         params["label"]["openai"].update(model="finsent-test", base_url=url, api_key_env="FINSENT_TEST_KEY",
                                          concurrency=2)
@@ -135,7 +140,7 @@ def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, w
     pool = __import__("pandas").read_csv(tmp_path / "out/pool.csv")
     metrics = json.loads((tmp_path / "metrics/label.json").read_text())
     assert len(pool) + metrics["quarantined"] + metrics["failed"] == 300 and metrics["cache_hits"] >= len(answered)
-    t = OpenAITeacher(model="finsent-test", base_url=url)
+    t = OpenAITeacher(OpenAISpec(model="finsent-test", base_url=url))
     repeated = [x for x in pool["text"] if cache_key(t.teacher_id, x) in answered
                 and after.get(text_key(x), 0) != before.get(text_key(x), 0)]
     assert not repeated, f"{len(repeated)} posts answered before the kill were requested again"
@@ -146,7 +151,7 @@ def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, w
 
 
 def test_compare_serve_local_and_keyless(classifier, fpb, tmp_path, monkeypatch):
-    from finsent.compare import compare, compare_markdown
+    from finsent.teachers.compare import compare, compare_markdown
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     sample = fpb.rows.sample(48, random_state=0)
@@ -167,7 +172,7 @@ def test_compare_serve_local_and_keyless(classifier, fpb, tmp_path, monkeypatch)
 
 
 def test_batch_mode_submits_once_and_resumes(classifier, posts, tmp_path):
-    from finsent.label import BatchPending
+    from finsent.teachers.answers import BatchPending
 
     expected = [LABELS[i] for i in classifier.predict_proba(posts).argmax(1)]
     with BackgroundServer(create_app(classifier, "finsent-test", batch_delay_s=1.0)) as url:
@@ -188,7 +193,7 @@ def test_batch_mode_submits_once_and_resumes(classifier, posts, tmp_path):
 def test_compare_stage_against_serve(classifier, workdir, root):
     """stages/compare.py as DVC runs it, with an OpenAI-compatible candidate served on 127.0.0.1."""
     with BackgroundServer(create_app(classifier, "finsent-minilm")) as url:
-        params = load_params(root / "params.yaml")
+        params = read_yaml(root / "params.yaml")
         tmp_path = workdir
         params["label"]["cache_dir"] = str(tmp_path / "cache")
         params["compare"].update(gold={"split": "tweets", "part": "val", "n": 60}, candidates={

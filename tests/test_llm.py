@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from finsent.labels import LABELS
-from finsent.llm import (add_lora, check_4bit_support, load_causal_lm, lora_target_names, merged_for_inference,
-                         resolve_dtype, score_frames, score_labels, sft_train)
-from finsent.prompts import label_continuations, render_completion, render_prompt
+from finsent.core.labelset import LABELS
+from finsent.core.prompts import label_continuations, render_completion, render_prompt
+from finsent.core.runtime import resolve_dtype
+from finsent.core.schema import LLMHP, LoraSpec, Quantization
+from finsent.inference.causal_lm import check_4bit_support, load_causal_lm, score_frames, score_labels
+from finsent.training.lora import add_lora, lora_target_names, merged_for_inference, sft_train
+
+from .conftest import build_tiny_llama
 
 
 
@@ -23,26 +27,7 @@ def rows(fpb):
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory, rows):
     """A 2-layer Llama with a word-level tokenizer built from the prompt template and the rows."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from finsent.prompts import SYSTEM_PROMPT, user_message
-
-    out = tmp_path_factory.mktemp("tiny_lm")
-    text = " ".join([SYSTEM_PROMPT, user_message(""), "Instruct: Output:", *LABELS, *rows["text"]])
-    words = sorted({w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)})
-    vocab = {"[PAD]": 0, "[UNK]": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(["[PAD]", "[UNK]", "</s>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="[PAD]", unk_token="[UNK]")
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                      pad_token_id=0, eos_token_id=2, bos_token_id=None, initializer_range=0.2)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    return str(out)
+    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_lm"), rows["text"].tolist()))
 
 
 def test_lora_covers_phi2_modules():
@@ -50,17 +35,17 @@ def test_lora_covers_phi2_modules():
 
     model = PhiForCausalLM(PhiConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                      num_attention_heads=4, max_position_embeddings=64))
-    wrapped = add_lora(model, {"r": 4, "alpha": 8, "target_modules": "all-linear"}, quantized=False)
+    wrapped = add_lora(model, LoraSpec(r=4, alpha=8, target_modules="all-linear"), quantized=False)
     assert lora_target_names(wrapped) == {"q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"}
     with pytest.raises(Exception, match="not found|no trainable|Target modules"):
-        add_lora(PhiForCausalLM(model.config), {"target_modules": ["no_such_module"]}, quantized=False)
+        add_lora(PhiForCausalLM(model.config), LoraSpec(target_modules=["no_such_module"]), quantized=False)
 
 
 def test_lora_initialisation_is_seeded(tiny_lm):
     def lora_a(seed, global_state):
         model, _ = load_causal_lm(tiny_lm)
         torch.manual_seed(global_state)  # whatever the global RNG went through before, the seed decides
-        wrapped = add_lora(model, {"r": 4, "alpha": 8}, quantized=False, seed=seed)
+        wrapped = add_lora(model, LoraSpec(r=4, alpha=8), quantized=False, seed=seed)
         return torch.cat([p.detach().flatten() for n, p in wrapped.named_parameters() if "lora_A" in n])
 
     assert torch.equal(lora_a(7, 1), lora_a(7, 2)) and not torch.equal(lora_a(7, 1), lora_a(8, 1))
@@ -94,23 +79,23 @@ def test_scoring_gives_one_valid_label_per_row(tiny_lm, rows):
 
 def test_llm_stage_scores_every_split_evaluate_reads():
     """evaluate reads the LLM's predictions per split; the stage must write each of them."""
-    from finsent import evaluate
-    from finsent.config import load_params
+    from finsent.core.params import load_params
+    from finsent.evaluation import evaluate
 
     params = load_params()
-    test_sets = evaluate.test_sets_from_params(params["evaluate"]["test_sets"])
-    llm_models = {name: spec for name, spec in params["evaluate"]["models"].items()
-                  if spec["kind"] == "predictions" and spec["path"].startswith("models/llm/")}
+    test_sets = evaluate.test_sets_from_params(params.evaluate.test_sets)
+    llm_models = {name: spec for name, spec in params.evaluate.models.items()
+                  if spec.kind == "predictions" and spec.path.startswith("models/llm/")}
     assert set(llm_models) == {"llm_base", "llm_lora"}
     for name, spec in llm_models.items():
-        assert {ts.split for ts in evaluate.test_sets_for(name, spec, test_sets)} <= set(params["llm"]["eval_splits"])
+        assert {ts.split for ts in evaluate.test_sets_for(name, spec, test_sets)} <= set(params.llm.eval_splits)
 
 
 def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):
     model, tok = load_causal_lm(tiny_lm)
-    model = add_lora(model, {"r": 8, "alpha": 128, "dropout": 0.0}, quantized=False)
-    hp = {"learning_rate": 5e-3, "batch_size": 12, "grad_accum": 1, "epochs": 5, "max_length": 128, "seed": 0,
-          "warmup": 0.0, "scheduler": "constant", "logging_steps": 1}
+    model = add_lora(model, LoraSpec(r=8, alpha=128, dropout=0.0), quantized=False)
+    hp = LLMHP(model=tiny_lm, learning_rate=5e-3, batch_size=12, grad_accum=1, epochs=5, max_length=128, seed=0,
+               warmup=0.0, scheduler="constant", logging_steps=1)
     summary, history = sft_train(model, tok, rows, None, hp, work_dir=tmp_path / "w", log_dir=tmp_path / "tb")
     assert summary["steps"] == 5 * 3 and summary["last_loss"] < 0.5 * summary["first_loss"], summary
     assert history["step"].tolist() == list(range(1, 16)) and abs(history["train_loss"].iloc[-1] - summary["last_loss"]) < 1e-3
@@ -127,8 +112,8 @@ def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):
 
 def test_4bit_cpu_lora_gradients_nonzero_after_eval_pass(tiny_lm, rows):
     pytest.importorskip("bitsandbytes")
-    model, tok = load_causal_lm(tiny_lm, quantization={"load_in_4bit": True, "compute_dtype": "float32"})
-    model = add_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0}, quantized=True)
+    model, tok = load_causal_lm(tiny_lm, quantization=Quantization(load_in_4bit=True, compute_dtype="float32"))
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0), quantized=True)
     with merged_for_inference(model):                    # never merged into 4-bit weights
         assert not any(getattr(m, "merged", False) for m in model.modules())
         score_labels(model, tok, rows["text"][:4])      # an inference pass first (the repack trigger)

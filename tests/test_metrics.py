@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from finsent.baselines import MajorityClassifier, TfidfLogReg
-from finsent.metrics import compute_metrics, probs_to_labels
-from finsent.split import make_split
+from finsent.core.schema import MajorityModel, PredictionsModel, TrainSection
+from finsent.data.split import make_split
+from finsent.evaluation.baselines import MajorityClassifier, TfidfLogReg
+from finsent.evaluation.metrics import compute_metrics, probs_to_labels
 
 
 def test_metrics_by_hand():
@@ -25,7 +26,7 @@ def test_metrics_by_hand():
 
 
 def test_baselines_on_real_fpb(fpb, params):
-    parts = make_split(fpb.rows, params["splits"]["fpb"], seed=42).parts
+    parts = make_split(fpb.rows, params.splits["fpb"], seed=42).parts
     train, test = parts["train"], parts["test"]
     maj = MajorityClassifier().fit(train["text"], train["label"])
     tfidf = TfidfLogReg().fit(train["text"], train["label"])
@@ -38,17 +39,18 @@ def test_baselines_on_real_fpb(fpb, params):
 
 
 def test_test_sets_for_respects_both_filters():
-    from finsent.evaluate import TestSet, test_sets_for
+    from finsent.evaluation.evaluate import TestSet, test_sets_for
 
     sets = [TestSet("fpb", "fpb"), TestSet("tweets", "tweets"), TestSet("bal", "fpb_balanced", models=["llm"])]
-    assert [t.name for t in test_sets_for("encoder", {}, sets)] == ["fpb", "tweets"]
-    assert [t.name for t in test_sets_for("llm", {"test_sets": ["bal", "fpb"]}, sets)] == ["fpb", "bal"]
+    assert [t.name for t in test_sets_for("encoder", MajorityModel(kind="majority"), sets)] == ["fpb", "tweets"]
+    llm = PredictionsModel(kind="predictions", path="p", test_sets=["bal", "fpb"])
+    assert [t.name for t in test_sets_for("llm", llm, sets)] == ["fpb", "bal"]
     with pytest.raises(ValueError, match="unknown"):
-        test_sets_for("llm", {"test_sets": ["nope"]}, sets)
+        test_sets_for("llm", PredictionsModel(kind="predictions", path="p", test_sets=["nope"]), sets)
 
 
 def test_student_report_ratio():
-    from finsent.evaluate import student_report
+    from finsent.evaluation.evaluate import student_report
 
     results = {"encoder": {"tweets": {"accuracy": 0.6}}, "majority": {"tweets": {"accuracy": 0.5}}}
     gold = student_report(results, "gold", None)
@@ -63,16 +65,17 @@ def test_student_report_ratio():
 def test_training_rows_from_gold_or_teacher(tmp_path):
     import pandas as pd
 
-    from finsent.data import training_rows
-    from finsent.io import write_csv
+    from finsent.data.splits import training_rows
+    from finsent.core.io import write_csv
 
     pool = pd.DataFrame({"id": [f"t{i}" for i in range(30)], "text": [f"post {i}" for i in range(30)],
                          "label": ["negative", "neutral", "positive"] * 10, "confidence": 0.9, "teacher": "x"})
     write_csv(pool, tmp_path / "pool.csv")
-    rows = training_rows({"labels": "teacher", "splits": ["fpb"], "max_train_rows": 12}, 0, tmp_path / "pool.csv")
+    rows = training_rows(TrainSection(model="m", hp_set="h", labels="teacher", splits=["fpb"], max_train_rows=12), 0,
+                         tmp_path / "pool.csv")
     assert len(rows) == 12 and rows["label"].value_counts().to_dict() == {"negative": 4, "neutral": 4, "positive": 4}
     assert set(rows["id"]) <= set(pool["id"]) and (rows["split"] == "teacher").all()
     with pytest.raises(FileNotFoundError, match="dvc repro label"):
-        training_rows({"labels": "teacher", "splits": ["fpb"]}, 0, tmp_path / "missing.csv")
-    with pytest.raises(ValueError, match="gold or teacher"):
-        training_rows({"labels": "silver", "splits": ["fpb"]}, 0)
+        training_rows(TrainSection(model="m", hp_set="h", labels="teacher", splits=["fpb"]), 0, tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match="'gold' or 'teacher'"):
+        TrainSection(model="m", hp_set="h", labels="silver", splits=["fpb"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from finsent.models import resolve_model_ref
-from finsent.predict import EmbeddingZeroShot, EncoderClassifier, label_order
+from finsent.core.refs import resolve_model_ref
+from finsent.inference.classifiers import EmbeddingZeroShot, EncoderClassifier, label_order
 
 from .conftest import MINILM
 
@@ -33,7 +33,7 @@ def head_3(tmp_path_factory):
     """The packaged MiniLM with a fresh 3-class head, saved like the train stage saves models."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from finsent.labels import ID2LABEL, LABEL2ID
+    from finsent.core.labelset import ID2LABEL, LABEL2ID
 
     out = tmp_path_factory.mktemp("head3")
     path = resolve_model_ref(MINILM)

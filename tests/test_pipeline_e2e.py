@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from finsent.ci import ci_params, commit_all, run, scratch_copy
-from finsent.config import dump_params
-from finsent import evaluate
+from finsent.pipeline.ci import ci_params, commit_all, run, scratch_copy
+from finsent.core.params import dump_params, load_params
+from finsent.evaluation import evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +46,10 @@ def test_every_declared_output_exists(repo):
 
 
 def test_metrics_cover_every_model_and_test_set(repo):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = load_params(repo / "params.yaml")
     ev = json.loads((repo / "metrics/evaluate.json").read_text())
-    models = params["evaluate"]["models"]
-    test_sets = evaluate.test_sets_from_params(params["evaluate"]["test_sets"])
+    models = params.evaluate.models
+    test_sets = evaluate.test_sets_from_params(params.evaluate.test_sets)
     assert set(ev) == set(models)
     per_class = json.loads((repo / "metrics/per_class.json").read_text())
     assert set(per_class["encoder"]["fpb"]) == {"negative", "neutral", "positive"}

@@ -13,14 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from finsent.evaluate import backend_report
-from finsent.export import check_exports, export_onnx, quantize_int8
-from finsent.labels import ID2LABEL, LABEL2ID, LABELS
-from finsent.metrics import PROB_COLUMNS
-from finsent.models import resolve_model_ref
-from finsent.predict import EncoderClassifier, OnnxClassifier, load_classifier
-from finsent.serve import BackgroundServer, create_app
-from finsent.stream import file_format, predict_file, rejects_path_for
+from finsent.core.schema import EncoderModel, PredictionsModel
+from finsent.evaluation.evaluate import backend_report
+from finsent.inference.export import check_exports, export_onnx, quantize_int8
+from finsent.core.labelset import ID2LABEL, LABEL2ID, LABELS
+from finsent.evaluation.metrics import PROB_COLUMNS
+from finsent.core.refs import resolve_model_ref
+from finsent.inference.classifiers import EncoderClassifier, OnnxClassifier, load_classifier
+from finsent.serving.app import create_app
+from finsent.serving.background import BackgroundServer
+from finsent.inference.stream import file_format, predict_file, rejects_path_for
 
 from .conftest import MINILM
 
@@ -249,14 +251,15 @@ def test_backend_report_flags_losses_beyond_tolerance():
                "encoder_int8": {"fpb": {"macro_f1": 0.846}, "tweets": {"macro_f1": 0.81}}}
     pairs = {"encoder": {t: frame(["negative", "neutral", "positive", "neutral"]) for t in ("fpb", "tweets")},
              "encoder_int8": {t: frame(["negative", "neutral", "neutral", "neutral"]) for t in ("fpb", "tweets")}}
-    models = {"encoder": {"kind": "encoder"}, "encoder_int8": {"kind": "onnx", "reference": "encoder"}}
+    models = {"encoder": EncoderModel(kind="encoder", model="m"),
+              "encoder_int8": EncoderModel(kind="onnx", model="m8", reference="encoder")}
     report = backend_report(models, results, pairs, tolerance=0.005)
     rows = report["encoder_int8"]["per_test_set"]
     assert rows["fpb"]["delta_macro_f1"] == -0.004 and rows["fpb"]["within_tolerance"]
     assert rows["tweets"]["delta_macro_f1"] == -0.01 and not rows["tweets"]["within_tolerance"]
     assert rows["fpb"]["label_agreement"] == 0.75 and not report["encoder_int8"]["all_within_tolerance"]
     with pytest.raises(ValueError, match="reference"):
-        backend_report({"x": {"reference": "nope"}}, results, pairs, 0.005)
+        backend_report({"x": PredictionsModel(kind="predictions", path="p", reference="nope")}, results, pairs, 0.005)
 
 
 def test_cli_names_the_fix_when_the_pipeline_model_is_missing(tmp_path, root):

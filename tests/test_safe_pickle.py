@@ -1,4 +1,4 @@
-"""Tests for finsent.safe_pickle: restricted loading of untrusted DataFrame pickles."""
+"""Tests for finsent.data.safe_pickle: restricted loading of untrusted DataFrame pickles."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
-from finsent import safe_pickle
-from finsent.safe_pickle import ALLOWED_GLOBALS, RestrictedUnpickler, UnsafePickleError, load_dataframe
+from finsent.data import safe_pickle
+from finsent.data.safe_pickle import ALLOWED_GLOBALS, RestrictedUnpickler, UnsafePickleError, load_dataframe
 
 
 def _frames() -> dict[str, pd.DataFrame]:

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from openai import NotFoundError, OpenAI
 
-from finsent.labels import LABELS
-from finsent.prompts import messages
-from finsent.predict import load_classifier
-from finsent.serve import BackgroundServer, Faults, create_app, text_key
+from finsent.core.labelset import LABELS
+from finsent.core.prompts import messages
+from finsent.inference.classifiers import load_classifier
+from finsent.serving.app import create_app
+from finsent.serving.background import BackgroundServer
+from finsent.serving.emulation import Faults
+from finsent.serving.openai_shape import text_key
 
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "sentiment", "strict": True, "schema": {
     "type": "object", "properties": {"sentiment": {"type": "string", "enum": list(LABELS)}},

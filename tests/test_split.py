@@ -4,12 +4,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from finsent.split import check_disjoint, make_split, normalise_text
+from finsent.core.schema import SplitSpec
+from finsent.data.split import check_disjoint, make_split, normalise_text
 
 
 @pytest.fixture(scope="module")
 def fpb_split(fpb, params):
-    return make_split(fpb.rows, params["splits"]["fpb"], seed=42)
+    return make_split(fpb.rows, params.splits["fpb"], seed=42)
 
 
 def test_conflicts_and_duplicates_dropped_and_reported(fpb_split):
@@ -34,14 +35,14 @@ def test_stratified_fractions_and_no_text_in_two_splits(fpb_split):
 
 
 def test_split_is_deterministic(fpb, params, fpb_split):
-    again = make_split(fpb.rows, params["splits"]["fpb"], seed=42)
+    again = make_split(fpb.rows, params.splits["fpb"], seed=42)
     assert all(again.parts[k]["id"].tolist() == fpb_split.parts[k]["id"].tolist() for k in fpb_split.parts)
-    other = make_split(fpb.rows, params["splits"]["fpb"], seed=7)
+    other = make_split(fpb.rows, params.splits["fpb"], seed=7)
     assert other.parts["test"]["id"].tolist() != fpb_split.parts["test"]["id"].tolist()
 
 
 def test_balanced_300_300_50_without_overlap(fpb, params):
-    res = make_split(fpb.rows, params["splits"]["fpb_balanced"], seed=42)
+    res = make_split(fpb.rows, params.splits["fpb_balanced"], seed=42)
     for name, n in (("train", 300), ("test", 300)):
         assert res.parts[name]["label"].value_counts().to_dict() == {"negative": n, "neutral": n, "positive": n}
     val = res.parts["val"]["label"].value_counts().to_dict()
@@ -56,7 +57,7 @@ def test_balanced_300_300_50_without_overlap(fpb, params):
 
 
 def test_official_test_kept_whole_and_leak_removed(tweets, params):
-    res = make_split(tweets.rows, params["splits"]["tweets"], seed=42)
+    res = make_split(tweets.rows, params.splits["tweets"], seed=42)
     assert len(res.parts["test"]) == 2388
     assert (res.parts["test"]["official_split"] == "test").all()
     assert res.report["leaks_removed"] == 1  # one train tweet repeats a test tweet (case/space folded)
@@ -68,13 +69,13 @@ def test_conflict_detection_folds_case_and_space():
                          "label": ["positive", "neutral", "negative", "negative"],
                          "official_split": "", "agreement": None})
     res = make_split(pd.concat([rows] * 1, ignore_index=True),
-                     {"strategy": "stratified", "fractions": {"train": 1.0}}, seed=1)
+                     SplitSpec(dataset="x", strategy="stratified", fractions={"train": 1.0}), seed=1)
     assert res.report["conflicting_rows"] == 2 and res.report["duplicates_removed"] == 1
     assert res.parts["train"]["id"].tolist() == ["c"]
 
 
 def test_sample_rows_exact_stratified_and_seeded(fpb_split):
-    from finsent.data import sample_rows
+    from finsent.data.splits import sample_rows
 
     train = fpb_split.parts["train"]
     sub = sample_rows(train, 500, seed=3)
@@ -86,7 +87,7 @@ def test_sample_rows_exact_stratified_and_seeded(fpb_split):
 
 
 def test_exclude_texts_removes_test_text_in_any_case_or_spacing(fpb_split):
-    from finsent.split import exclude_texts
+    from finsent.data.split import exclude_texts
 
     train, test = fpb_split.parts["train"], fpb_split.parts["test"]
     mixed = pd.concat([train.head(50), test.head(5).assign(text=lambda d: d["text"].str.upper() + "  ")])

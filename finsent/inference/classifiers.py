@@ -1,18 +1,18 @@
 """Inference: one path from a model reference to class probabilities over LABELS.
 
-evaluate, `finsent predict` (finsent.stream), `finsent serve` and the local teacher all load models
+evaluate, `finsent predict` (finsent.inference.stream), `finsent serve` and the local teacher all load models
 through :func:`load_classifier` and call ``predict_proba(texts) -> (n, 3)``.
 
 Backends (``kind``)
 - ``encoder``: a sequence classifier (the fine-tuned encoder, or any hub / local classifier) in
   PyTorch, in float32 or bfloat16 (``dtype``; ``auto`` = bfloat16 where the hardware does it natively);
-- ``onnx``: an ONNX Runtime export of it (finsent.export writes fp32 and dynamic-int8 directories);
+- ``onnx``: an ONNX Runtime export of it (finsent.inference.export writes fp32 and dynamic-int8 directories);
 - ``llm`` / ``causal_lm``: a causal LM scored by label likelihood (a LoRA adapter on its base, or zero-shot);
 - ``zeroshot``: the base encoder's embeddings against one description per label.
 
 Speed on a CPU: texts are tokenised once, ordered by token count and padded per batch (so a batch
 pads to its own longest post, not the chunk's), under ``torch.inference_mode``; results come back in
-input order. :func:`set_threads` sets PyTorch's and ONNX Runtime's thread counts.
+input order. :func:`finsent.core.runtime.set_threads` sets PyTorch's and ONNX Runtime's thread counts.
 """
 from __future__ import annotations
 
@@ -24,26 +24,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .labels import LABEL_DESCRIPTIONS, LABELS
-from .models import resolve_model_ref
+from finsent.core.cards import FALLBACK_MAX_LENGTH, read_card
+from finsent.core.labelset import LABEL_DESCRIPTIONS, LABELS
+from finsent.core.refs import resolve_model_ref
+from finsent.core import runtime
+from finsent.core.runtime import device as _device
+from finsent.core.runtime import resolve_dtype, softmax
 
 ONNX_FILE = "model.onnx"
-MODEL_CARD = "finsent_model.json"  # written by finsent.export: model id, source, precision
 KINDS = ("auto", "encoder", "onnx", "llm", "causal_lm", "zeroshot")
 
-_threads: int | None = None
+
+def max_length_for(card: dict, override: int | None) -> int:
+    """Tokens per post: the caller's override, else what the model was trained at (its card), else the fallback."""
+    return int(override or card.get("max_length") or FALLBACK_MAX_LENGTH)
 
 
-def set_threads(n: int | None) -> None:
-    """Use ``n`` CPU threads in PyTorch and in ONNX Runtime sessions created afterwards (None: their defaults)."""
-    global _threads
-    _threads = int(n) if n else None
-    if _threads:
-        torch.set_num_threads(_threads)
-
-
-def _device(name: str | None = None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+def output_columns(card: dict, id2label: dict) -> list[int]:
+    """Column permutation onto LABELS: from the card's label order when the model has one, else the config's."""
+    if card.get("labels"):
+        return label_order(dict(enumerate(card["labels"])))
+    return label_order(id2label)
 
 
 def label_order(id2label: dict) -> list[int]:
@@ -61,17 +62,12 @@ def label_order(id2label: dict) -> list[int]:
     raise ValueError(f"model labels {sorted(names.values())} cannot be mapped onto {list(LABELS)}")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
 class _Tokenised:
     """Shared by the encoder backends: tokenise once, run length-ordered batches, restore the order."""
 
     tokenizer = None
     batch_size: int = 64
-    max_length: int = 128
+    max_length: int = FALLBACK_MAX_LENGTH
     truncated: int = 0  # posts cut at max_length tokens so far (reported by `finsent predict`)
     progress: bool = True
 
@@ -102,19 +98,18 @@ class _Tokenised:
 class EncoderClassifier(_Tokenised):
     """A sequence-classification model in PyTorch (the fine-tuned encoder, or any hub / local classifier)."""
 
-    def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int = 128, device: str | None = None,
-                 dtype: str = "float32"):
+    def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int | None = None,
+                 device: str | None = None, dtype: str = "float32"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from .llm import resolve_dtype
-
         path = resolve_model_ref(model_ref)
+        card = read_card(path)
         self.device = _device(device)
         self.dtype = resolve_dtype(dtype) or torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
-        self.columns = label_order(self.model.config.id2label)
-        self.batch_size, self.max_length = batch_size, max_length
+        self.columns = output_columns(card, self.model.config.id2label)
+        self.batch_size, self.max_length = batch_size, max_length_for(card, max_length)
         self.model_id = f"{Path(path).name}:torch-{str(self.dtype).removeprefix('torch.')}"
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -127,9 +122,10 @@ class EncoderClassifier(_Tokenised):
 
 class OnnxClassifier(_Tokenised):
     """An ONNX Runtime export of a sequence classifier: a directory with ``model.onnx``, the
-    tokenizer and ``config.json`` (finsent.export writes one per precision)."""
+    tokenizer and ``config.json`` (finsent.inference.export writes one per precision)."""
 
-    def __init__(self, model_dir: str, *, batch_size: int = 64, max_length: int = 128, threads: int | None = None):
+    def __init__(self, model_dir: str, *, batch_size: int = 64, max_length: int | None = None,
+                 threads: int | None = None):
         import onnxruntime as ort
         from transformers import AutoConfig, AutoTokenizer
 
@@ -139,17 +135,18 @@ class OnnxClassifier(_Tokenised):
                                     f"(or `python stages/export.py`)")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads = threads or _threads
-        if threads:
-            options.intra_op_num_threads = threads
+        n_threads = threads or runtime.threads()
+        if n_threads:
+            options.intra_op_num_threads = n_threads
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(path / ONNX_FILE), options, providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.columns = label_order(AutoConfig.from_pretrained(path).id2label)
-        card = json.loads((path / MODEL_CARD).read_text()) if (path / MODEL_CARD).exists() else {}
-        # an export may pin its batch size (dynamic int8: per-batch activation ranges, see finsent.export)
-        self.batch_size, self.max_length = min(batch_size, card.get("batch_size") or batch_size), max_length
+        card = read_card(path)
+        self.columns = output_columns(card, AutoConfig.from_pretrained(path).id2label)
+        # an export may pin its batch size (dynamic int8: per-batch activation ranges, see finsent.inference.export)
+        self.batch_size = min(batch_size, card.get("batch_size") or batch_size)
+        self.max_length = max_length_for(card, max_length)
         self.model_id = card.get("model_id") or f"{path.name}:onnx-{card.get('precision', 'fp32')}"
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -166,15 +163,16 @@ class EmbeddingZeroShot(_Tokenised):
     This is the base encoder *before* fine-tuning, so the evaluate table shows what training added.
     """
 
-    def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int = 128, temperature: float = 0.05,
-                 descriptions: dict[str, str] | None = None, device: str | None = None):
+    def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int | None = None,
+                 temperature: float = 0.05, descriptions: dict[str, str] | None = None, device: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_model_ref(model_ref)
         self.device = _device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
-        self.batch_size, self.max_length, self.temperature = batch_size, max_length, temperature
+        self.batch_size, self.temperature = batch_size, temperature
+        self.max_length = max_length_for(read_card(path), max_length)
         self.model_id = f"{Path(path).name}:zeroshot"
         descriptions = descriptions or LABEL_DESCRIPTIONS
         self.prototypes = self._embed([descriptions[lab] for lab in LABELS])
@@ -193,10 +191,10 @@ class EmbeddingZeroShot(_Tokenised):
 
 
 class LLMClassifier:
-    """A causal LM scored by label likelihood (finsent.llm): zero-shot, or with a LoRA adapter."""
+    """A causal LM scored by label likelihood (finsent.inference.causal_lm): zero-shot, or with a LoRA adapter."""
 
     def __init__(self, base: str, adapter_dir: str | None = None, dtype: str = "auto", batch_size: int = 16):
-        from .llm import load_causal_lm
+        from finsent.inference.causal_lm import load_causal_lm
 
         model, self.tokenizer = load_causal_lm(base, dtype=dtype)
         if adapter_dir:
@@ -208,29 +206,27 @@ class LLMClassifier:
         self.model_id = f"{Path(adapter_dir or base).name}:llm-{str(model.dtype).removeprefix('torch.')}"
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        from .llm import score_labels
+        from finsent.inference.causal_lm import score_labels
 
         return score_labels(self.model, self.tokenizer, texts, batch_size=self.batch_size, desc="causal LM")
 
 
-def adapter_base(adapter_dir: Path, params_path: str | Path = "params.yaml") -> str:
-    """The base model of a LoRA adapter: the pipeline's LLM hp set if params.yaml names one, else
-    the adapter's own ``base_model_name_or_path``."""
-    from .config import load_params
-
-    if Path(params_path).exists():
-        params = load_params(params_path)
-        llm = params.get("llm") or {}
-        hp = (params.get("llm_hp_sets") or {}).get(llm.get("hp_set"), {})
-        if hp.get("model"):
-            return hp["model"]
-    return json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+def adapter_base(adapter_dir: Path) -> str:
+    """The base model of a LoRA adapter, from the adapter itself: its card's ``base_model`` (the
+    reference it was trained from, e.g. a pkg:// or hub id), else peft's ``base_model_name_or_path``.
+    Never the working directory's params.yaml: the answer must not depend on where you run."""
+    card = read_card(adapter_dir)
+    if card.get("base_model"):
+        return card["base_model"]
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.exists():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; not a LoRA adapter directory")
+    return json.loads(config.read_text())["base_model_name_or_path"]
 
 
 def model_name(ref: str) -> str:
-    """A short name for a model reference: an export's own id (``encoder:onnx-int8``), else the directory name."""
-    card = Path(ref) / MODEL_CARD
-    return json.loads(card.read_text())["model_id"] if card.exists() else Path(ref).name
+    """A short name for a model reference: its card's id (``encoder:onnx-int8``), else the directory name."""
+    return read_card(ref).get("model_id") or Path(ref).name
 
 
 def detect_kind(path: Path) -> str:
@@ -243,9 +239,10 @@ def detect_kind(path: Path) -> str:
 
 
 def load_classifier(ref: str, kind: str = "auto", base: str | None = None, *, batch_size: int = 64,
-                    max_length: int = 128, dtype: str = "auto"):
+                    max_length: int | None = None, dtype: str = "auto"):
     """A model with ``predict_proba(texts) -> (n, 3)`` over LABELS and a ``model_id``, from any model
-    reference. ``dtype`` applies to the PyTorch backends (``auto``: bfloat16 where native)."""
+    reference. ``dtype`` applies to the PyTorch backends (``auto``: bfloat16 where native).
+    ``max_length`` and an adapter's ``base`` default to what the model's card says (finsent.core.cards)."""
     if kind not in KINDS:
         raise ValueError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
     if kind == "causal_lm":  # a causal LM zero-shot (hub id, directory, .gguf or pkg:// reference)

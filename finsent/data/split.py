@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from .labels import LABELS
+from finsent.core.labelset import LABELS
+from finsent.core.schema import PerClass, SplitSpec
 
 SPLIT_NAMES = ("train", "val", "test")
 _SPACE = re.compile(r"\s+")
@@ -86,11 +87,11 @@ def _stratified(frame: pd.DataFrame, fractions: Mapping[str, float], seed: int) 
     return parts
 
 
-def _balanced(frame: pd.DataFrame, per_class: Mapping[str, int],
+def _balanced(frame: pd.DataFrame, per_class: PerClass,
               seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """N train / N test per class (train_test_split with the seed, as the Phi-2 / Llama-2 notebooks),
     then the val set from rows of that class in neither: no overlap, no replacement."""
-    n_train, n_test, n_val = (int(per_class.get(k, 0)) for k in ("train", "test", "val"))
+    n_train, n_test, n_val = per_class.train, per_class.test, per_class.val
     parts: dict[str, list[pd.DataFrame]] = {n: [] for n in SPLIT_NAMES}
     shortfall: dict[str, int] = {}
     for label in LABELS:
@@ -113,33 +114,30 @@ def _balanced(frame: pd.DataFrame, per_class: Mapping[str, int],
     return out, shortfall
 
 
-def make_split(rows: pd.DataFrame, spec: Mapping[str, Any], seed: int = 42) -> SplitResult:
+def make_split(rows: pd.DataFrame, spec: SplitSpec, seed: int = 42) -> SplitResult:
     """Apply one ``splits.<name>`` definition to a converted dataset."""
+    spec = SplitSpec.model_validate(spec)
     frame = rows.reset_index(drop=True)
     dropped_parts = []
-    min_agreement = spec.get("min_agreement")
+    min_agreement = spec.min_agreement
     if min_agreement is not None and "agreement" in frame:
         keep = frame["agreement"].fillna(0) >= float(min_agreement) - 1e-9
         frame = frame[keep]
     kept, dropped = dedupe(frame)
     dropped_parts.append(dropped)
 
-    strategy = spec.get("strategy", "stratified")
+    strategy = spec.strategy
     shortfall: dict[str, int] = {}
     official = kept.get("official_split", pd.Series("", index=kept.index)).fillna("")
-    use_official = bool(spec.get("use_official_test", True)) and (official == "test").any()
+    use_official = spec.use_official_test and bool((official == "test").any())
     pool = kept[official != "test"] if use_official else kept
     if strategy == "stratified":
-        fractions = dict(spec.get("fractions") or {"train": 0.8, "val": 0.1, "test": 0.1})
-        if use_official:
-            fractions.pop("test", None)
+        fractions = spec.fractions.model_dump(exclude={"test"} if use_official else set())
         parts = _stratified(pool, fractions, seed)
-    elif strategy == "balanced":
-        parts, shortfall = _balanced(pool, spec.get("per_class") or {"train": 300, "test": 300, "val": 50}, seed)
+    else:  # balanced (the schema allows no other strategy)
+        parts, shortfall = _balanced(pool, spec.per_class, seed)
         unused = pool.drop(index=pd.Index(np.concatenate([p.index.to_numpy() for p in parts.values()])))
         dropped_parts.append(unused.assign(reason="not drawn by the balanced split (unused, kept out of all splits)"))
-    else:
-        raise ValueError(f"params.yaml splits.*.strategy={strategy!r}: use 'stratified' or 'balanced'")
     if use_official:
         parts["test"] = kept[official == "test"]
     parts = {name: parts.get(name, kept.iloc[:0]).reset_index(drop=True) for name in SPLIT_NAMES}

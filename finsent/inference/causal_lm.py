@@ -1,7 +1,7 @@
-"""Causal-LM sentiment: load (optionally 4-bit), LoRA fine-tune with trl's SFTTrainer, predict by scoring.
+"""Causal-LM sentiment: load (optionally 4-bit) and predict by scoring (training: finsent.training.lora).
 
 Prediction never parses free text: for every row the model's log-likelihood of each label's
-tokens after the shared prompt (finsent.prompts) is computed and normalised over the three
+tokens after the shared prompt (finsent.core.prompts) is computed and normalised over the three
 labels, so every row gets exactly one valid label and a probability per class.
 """
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,9 +17,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .labels import LABELS
-from .models import resolve_model_ref
-from .prompts import label_continuations, render_completion, render_prompt
+from finsent.core.labelset import LABELS
+from finsent.core.prompts import label_continuations, render_prompt
+from finsent.core.refs import resolve_model_ref
+from finsent.core.runtime import resolve_dtype, softmax
+from finsent.core.schema import Quantization
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,18 +47,18 @@ def check_4bit_support() -> None:
             f"or set the hp set's quantization.load_in_4bit to false") from None
 
 
-def quantization_config(spec: Mapping[str, Any] | None):
+def quantization_config(spec: Quantization | None):
     """BitsAndBytesConfig from params (nf4, double quantisation, compute dtype), or None when off."""
-    if not spec or not spec.get("load_in_4bit"):
+    if spec is None or not spec.load_in_4bit:
         return None
     check_4bit_support()
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type=spec.get("quant_type", "nf4"),
-        bnb_4bit_use_double_quant=bool(spec.get("double_quant", True)),
-        bnb_4bit_compute_dtype=resolve_dtype(spec.get("compute_dtype", "bfloat16")),
+        bnb_4bit_quant_type=spec.quant_type,
+        bnb_4bit_use_double_quant=spec.double_quant,
+        bnb_4bit_compute_dtype=resolve_dtype(spec.compute_dtype),
     )
 
 
@@ -101,30 +102,7 @@ def materialise_gguf(directory: str, gguf_file: str, cache: str | Path = "models
     return str(out)
 
 
-def native_bf16() -> bool:
-    """Whether this machine multiplies bfloat16 natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_dtype(name: str | None) -> torch.dtype | None:
-    """A torch dtype from params: ``auto`` is bfloat16 where the hardware does it natively (several
-    times faster than float32 on such CPUs), else float32; None keeps the checkpoint's default."""
-    if name in (None, "", "default"):
-        return None
-    if name == "auto":
-        return torch.bfloat16 if native_bf16() else torch.float32
-    dtype = getattr(torch, str(name), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype {name!r}: use auto, float32, bfloat16 or float16")
-    return dtype
-
-
-def load_causal_lm(ref: str, quantization: Mapping[str, Any] | None = None, dtype: str | None = None):
+def load_causal_lm(ref: str, quantization: Quantization | None = None, dtype: str | None = None):
     """(model, tokenizer) for a hub id, a local directory, a .gguf file or a pkg:// reference.
     ``dtype`` (see resolve_dtype) applies to unquantised weights; 4-bit models compute in the
     quantization's compute dtype."""
@@ -139,8 +117,9 @@ def load_causal_lm(ref: str, quantization: Mapping[str, Any] | None = None, dtyp
     if bnb_config is not None:
         kwargs["quantization_config"] = bnb_config
         kwargs["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}  # this process's GPU
-    if resolve_dtype(dtype) is not None and bnb_config is None:
-        kwargs["dtype"] = resolve_dtype(dtype)
+    torch_dtype = resolve_dtype(dtype)
+    if torch_dtype is not None and bnb_config is None:
+        kwargs["dtype"] = torch_dtype
     if "gguf_file" in extra and bnb_config is not None:
         # GGUF weights come dequantised; 4-bit needs a full-precision checkpoint to quantise from.
         path = materialise_gguf(path, extra["gguf_file"])
@@ -157,63 +136,8 @@ def load_causal_lm(ref: str, quantization: Mapping[str, Any] | None = None, dtyp
 
 
 # ---------------------------------------------------------------------------------------------
-# LoRA
-# ---------------------------------------------------------------------------------------------
-
-def add_lora(model, spec: Mapping[str, Any], quantized: bool, seed: int = 0):
-    """Wrap ``model`` with LoRA adapters (peft); fail loudly if nothing is trainable. The adapters'
-    random initialisation is seeded (the Trainer seeds only later, after the model exists)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(spec.get("gradient_checkpointing",
-                                                                                                 False)))
-    targets = spec.get("target_modules", "all-linear")
-    config = LoraConfig(r=int(spec.get("r", 16)), lora_alpha=int(spec.get("alpha", 32)),
-                        lora_dropout=float(spec.get("dropout", 0.05)), target_modules=targets,
-                        bias="none", task_type="CAUSAL_LM")
-    torch.manual_seed(seed)
-    model = get_peft_model(model, config)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if trainable == 0:
-        raise RuntimeError(f"LoRA left no trainable parameter (target_modules={targets!r}); "
-                           f"name modules that exist in this model")
-    return model
-
-
-@contextlib.contextmanager
-def merged_for_inference(model):
-    """Score a LoRA model with its adapter merged into the base weights, and unmerge afterwards.
-
-    The unmerged path runs every adapter as an extra float32 branch beside each bf16 layer (5x
-    slower scoring on CPU). Only full-precision bases are merged: a 4-bit base is left as is (it is
-    never merged into, see the issue's rule). The saved artefact stays the adapter alone.
-    """
-    mergeable = hasattr(model, "merge_adapter") and not getattr(model, "is_loaded_in_4bit", False) \
-        and not any(type(m).__name__ == "Linear4bit" for m in model.modules())
-    if mergeable:
-        model.merge_adapter()
-    try:
-        yield model
-    finally:
-        if mergeable:
-            model.unmerge_adapter()
-
-
-def lora_target_names(model) -> set[str]:
-    """Short names of the modules LoRA wrapped (for checks and logs)."""
-    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
-
-
-# ---------------------------------------------------------------------------------------------
 # Data and scoring
 # ---------------------------------------------------------------------------------------------
-
-def sft_records(tokenizer, frame: pd.DataFrame) -> list[dict[str, str]]:
-    """Prompt / completion pairs for trl (completion-only loss masks the prompt)."""
-    return [{"prompt": render_prompt(tokenizer, text), "completion": render_completion(tokenizer, label)}
-            for text, label in zip(frame["text"], frame["label"])]
-
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the token prefix every sequence shares (at least one token is left to each)."""
@@ -320,8 +244,7 @@ def score_labels(model, tokenizer, texts: Sequence[str], batch_size: int = 16, d
                     k = len(conts[j])
                     positions = torch.arange(len(seq) - k - 1, len(seq) - 1)
                     out[idx[r], j] = float(logp[r, positions, torch.tensor(conts[j])].sum())
-    z = np.exp(out - out.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    return softmax(out)
 
 
 def score_frames(model, tokenizer, frames: Mapping[str, pd.DataFrame], batch_size: int = 16,
@@ -334,80 +257,3 @@ def score_frames(model, tokenizer, frames: Mapping[str, pd.DataFrame], batch_siz
     return {name: probs[[row[t] for t in frame["text"]]] for name, frame in frames.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-
-def sft_history(log_history: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per logged training step: step, epoch, train loss, learning rate (the DVC loss plot)."""
-    rows = [{"step": int(e["step"]), "epoch": round(float(e.get("epoch", 0)), 4), "train_loss": float(e["loss"]),
-             "learning_rate": float(e.get("learning_rate", 0.0))} for e in log_history if "loss" in e]
-    return pd.DataFrame(rows, columns=["step", "epoch", "train_loss", "learning_rate"]).round(6)
-
-
-def sft_train(model, tokenizer, train_df: pd.DataFrame, eval_df: pd.DataFrame | None, hp: Mapping[str, Any], *,
-              work_dir: str | Path, log_dir: str | Path,
-              max_steps: int | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
-    """LoRA SFT with trl; returns (summary: losses, steps, seconds, peak GPU memory; loss history)."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from .train import tensorboard_callbacks
-
-    use_cuda = torch.cuda.is_available()
-    config = SFTConfig(
-        output_dir=str(work_dir),
-        learning_rate=float(hp["learning_rate"]),
-        per_device_train_batch_size=int(hp["batch_size"]),
-        per_device_eval_batch_size=int(hp["batch_size"]),
-        gradient_accumulation_steps=int(hp["grad_accum"]),
-        num_train_epochs=float(hp["epochs"]),
-        max_steps=int(max_steps) if max_steps else -1,
-        warmup_steps=float(hp.get("warmup", 0.03)),
-        weight_decay=float(hp.get("weight_decay", 0.0)),
-        lr_scheduler_type=hp.get("scheduler", "cosine"),
-        optim=hp.get("optim", "adamw_torch"),
-        max_length=int(hp["max_length"]),
-        completion_only_loss=True,
-        packing=False,
-        gradient_checkpointing=bool(hp.get("gradient_checkpointing", False)),
-        # Non-reentrant checkpointing and no unused-parameter search: what LoRA needs under DDP.
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        ddp_find_unused_parameters=False,
-        bf16=bool(hp.get("bf16", False)) and use_cuda,
-        use_cpu=not use_cuda,
-        eval_strategy="epoch" if eval_df is not None and len(eval_df) else "no",
-        save_strategy="epoch",
-        save_total_limit=1,
-        save_only_model=True,
-        logging_steps=int(hp.get("logging_steps", 5)),
-        logging_first_step=True,
-        report_to=[],
-        seed=int(hp["seed"]),
-        data_seed=int(hp["seed"]),
-        dataloader_num_workers=0,
-    )
-    train_ds = Dataset.from_list(sft_records(tokenizer, train_df))
-    eval_ds = Dataset.from_list(sft_records(tokenizer, eval_df)) if eval_df is not None and len(eval_df) else None
-    trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=tensorboard_callbacks(log_dir))
-    if use_cuda:
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - start
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
-    summary = {
-        "steps": int(trainer.state.global_step),
-        "train_loss": round(float(result.training_loss), 4),
-        "first_loss": round(float(losses[0]), 4) if losses else None,
-        "last_loss": round(float(losses[-1]), 4) if losses else None,
-        "eval_loss": round(float(evals[-1]), 4) if evals else None,
-        "train_seconds": round(seconds, 1),
-        "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 3),
-        "train_rows": len(train_ds),
-    }
-    if use_cuda:
-        summary["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return summary, sft_history(trainer.state.log_history)

@@ -7,8 +7,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import LABELLED_DIR, SPLITS_DIR
-from .io import read_interim
+from finsent.core.io import read_interim
+from finsent.core.paths import LABELLED_DIR, SPLITS_DIR
+from finsent.core.schema import TrainSection
 
 
 def split_path(split: str, part: str, root: str | Path = SPLITS_DIR) -> Path:
@@ -29,20 +30,23 @@ def load_split_union(splits: Sequence[str], part: str, root: str | Path = SPLITS
     return pd.concat(frames, ignore_index=True)
 
 
-def training_rows(train_cfg: dict, seed: int, pool: str | Path = LABELLED_DIR / "pool.csv") -> pd.DataFrame:
+def test_rows(split: str, max_rows: int | None, seed: int, root: str | Path = SPLITS_DIR) -> pd.DataFrame:
+    """The test rows a model is scored on (``evaluate.max_rows``, seeded): evaluate and the LLM stage
+    (which scores its own predictions for evaluate) both take them from here."""
+    return sample_rows(load_split(split, "test", root), max_rows, seed)
+
+
+def training_rows(train_cfg: TrainSection, seed: int, pool: str | Path = LABELLED_DIR / "pool.csv") -> pd.DataFrame:
     """The rows the encoder and the baselines learn from. ``train.labels: gold`` (default): the train
     parts of ``train.splits`` with their own labels; ``teacher``: the pool the label stage labelled
     with its teacher (the student setting). Sampled to ``train.max_train_rows`` either way."""
-    source = train_cfg.get("labels", "gold")
-    if source == "gold":
-        frame = load_split_union(train_cfg["splits"], "train")
-    elif source == "teacher":
+    if train_cfg.labels == "gold":
+        frame = load_split_union(train_cfg.splits, "train")
+    else:  # teacher
         if not Path(pool).exists():
             raise FileNotFoundError(f"{pool}: no teacher-labelled pool; run `dvc repro label` first")
         frame = read_interim(pool)[["id", "text", "label"]].assign(split="teacher")
-    else:
-        raise ValueError(f"params.yaml train.labels={source!r}: use gold or teacher")
-    return sample_rows(frame, train_cfg.get("max_train_rows"), seed)
+    return sample_rows(frame, train_cfg.max_train_rows, seed)
 
 
 def sample_rows(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:

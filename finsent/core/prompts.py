@@ -4,7 +4,7 @@ The text is fenced as data so a post cannot steer the model out of the label set
 """
 from __future__ import annotations
 
-from .labels import LABELS
+from finsent.core.labelset import LABELS
 
 PROMPT_VERSION = "v1"
 SYSTEM_PROMPT = ("Classify the sentiment of a financial text for an investor. "

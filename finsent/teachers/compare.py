@@ -9,16 +9,17 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Sequence
 
-from .label import LabelCache, TeacherUnavailable, make_teacher, usage_totals
-from .labels import LABELS
-from .metrics import compute_metrics
+from finsent.core.labelset import LABELS
+from finsent.core.schema import Candidate, LocalCandidate, OpenAICandidate, Price
+from finsent.evaluation.metrics import compute_metrics
+from finsent.teachers.answers import TeacherUnavailable
+from finsent.teachers.cache import LabelCache
+from finsent.teachers.cost import usage_totals
+from finsent.teachers.factory import make_teacher
 
 
-def candidate_teacher(spec: Mapping[str, Any], prices: Mapping[str, Mapping[str, float]]):
-    kind = spec.get("teacher")
-    if kind not in ("openai", "local"):
-        raise ValueError(f"compare candidate {dict(spec)}: `teacher` must be openai or local")
-    return make_teacher(kind, spec, prices)
+def candidate_teacher(spec: LocalCandidate | OpenAICandidate, prices: Mapping[str, Price]):
+    return make_teacher(spec.teacher, spec, prices)
 
 
 def score_candidate(teacher, texts: Sequence[str], gold: Sequence[str], cache: LabelCache) -> dict[str, Any]:
@@ -44,9 +45,14 @@ def score_candidate(teacher, texts: Sequence[str], gold: Sequence[str], cache: L
     }
 
 
-def compare(candidates: Mapping[str, Mapping[str, Any]], texts: Sequence[str], gold: Sequence[str],
-            cache: LabelCache, prices: Mapping[str, Mapping[str, float]], metric: str = "macro_f1",
+def compare(candidates: Mapping[str, LocalCandidate | OpenAICandidate], texts: Sequence[str], gold: Sequence[str],
+            cache: LabelCache, prices: Mapping[str, Price], metric: str = "macro_f1",
             log=print) -> dict[str, Any]:
+    """Every candidate on the gold sample (mappings are checked against the schema first)."""
+    from pydantic import TypeAdapter
+
+    candidates = {k: TypeAdapter(Candidate).validate_python(v) for k, v in candidates.items()}
+    prices = {k: Price.model_validate(v) for k, v in prices.items()}
     results: dict[str, dict[str, Any]] = {}
     for name, spec in candidates.items():
         try:

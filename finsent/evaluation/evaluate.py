@@ -21,9 +21,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .baselines import MajorityClassifier, TfidfLogReg
-from .data import load_split, sample_rows
-from .metrics import PROB_COLUMNS, compute_metrics, headline, prediction_frame, test_names
+from finsent.core.schema import EncoderModel, EvalModel, TestSetSpec, ZeroShotModel
+from finsent.data.splits import test_rows
+from finsent.evaluation.baselines import MajorityClassifier, TfidfLogReg
+from finsent.evaluation.metrics import PROB_COLUMNS, agreement, compute_metrics, headline, prediction_frame, test_names
 
 @dataclass
 class TestSet:
@@ -33,19 +34,19 @@ class TestSet:
     models: list[str] | None = None  # only these models (e.g. a test set that overlaps others' training data)
 
 
-def test_sets_from_params(spec: Mapping[str, Any]) -> list[TestSet]:
-    return [TestSet(name, s["split"], s.get("min_agreement"), s.get("models")) for name, s in spec.items()]
+def test_sets_from_params(spec: Mapping[str, TestSetSpec]) -> list[TestSet]:
+    return [TestSet(name, s.split, s.min_agreement, s.models) for name, s in spec.items()]
 
 
-def test_sets_for(model: str, spec: Mapping[str, Any], test_sets: list[TestSet]) -> list[TestSet]:
+def test_sets_for(model: str, spec: EvalModel, test_sets: list[TestSet]) -> list[TestSet]:
     """The test sets a model is scored on: its own ``test_sets`` list if given, and never a test
     set reserved for other models."""
     chosen = [ts for ts in test_sets if ts.models is None or model in ts.models]
-    if spec.get("test_sets") is not None:
-        unknown = set(spec["test_sets"]) - {ts.name for ts in test_sets}
+    if spec.test_sets is not None:
+        unknown = set(spec.test_sets) - {ts.name for ts in test_sets}
         if unknown:
             raise ValueError(f"params.yaml evaluate.models.{model}.test_sets: unknown {sorted(unknown)}")
-        chosen = [ts for ts in chosen if ts.name in spec["test_sets"]]
+        chosen = [ts for ts in chosen if ts.name in spec.test_sets]
     return chosen
 
 
@@ -54,7 +55,7 @@ def load_test_frames(test_sets: list[TestSet], max_rows: int | None, seed: int) 
     frames: dict[str, pd.DataFrame] = {}
     for ts in test_sets:
         if ts.split not in frames:
-            frames[ts.split] = sample_rows(load_split(ts.split, "test"), max_rows, seed)
+            frames[ts.split] = test_rows(ts.split, max_rows, seed)
     return frames
 
 
@@ -64,25 +65,21 @@ def subset(frame: pd.DataFrame, ts: TestSet) -> pd.DataFrame:
     return frame[frame["agreement"].fillna(0) >= float(ts.min_agreement) - 1e-9]
 
 
-def build_model(name: str, spec: Mapping[str, Any], train_df: pd.DataFrame, seed: int):
-    kind = spec.get("kind")
-    if kind == "majority":
+def build_model(name: str, spec: EvalModel, train_df: pd.DataFrame, seed: int):
+    """The model ``evaluate.models.<name>`` describes (its kind is checked by the schema)."""
+    if spec.kind == "majority":
         return MajorityClassifier().fit(train_df["text"], train_df["label"])
-    if kind == "tfidf":
-        return TfidfLogReg(C=float(spec.get("C", 4.0)), seed=seed).fit(train_df["text"], train_df["label"])
-    if kind in ("encoder", "onnx"):  # the loader `finsent predict` and `finsent serve` use
-        from .predict import load_classifier
-        return load_classifier(spec["model"], kind, batch_size=int(spec.get("batch_size", 64)),
-                               max_length=int(spec.get("max_length", 128)), dtype=spec.get("dtype", "float32"))
-    if kind == "zeroshot_embedding":
-        from .predict import EmbeddingZeroShot
-        return EmbeddingZeroShot(spec["model"], batch_size=int(spec.get("batch_size", 64)),
-                                 max_length=int(spec.get("max_length", 128)),
-                                 temperature=float(spec.get("temperature", 0.05)))
-    if kind == "predictions":
-        return PrecomputedPredictions(spec["path"])
-    raise ValueError(f"params.yaml evaluate.models.{name}.kind={kind!r}: use majority, tfidf, encoder, onnx, "
-                     f"zeroshot_embedding or predictions")
+    if spec.kind == "tfidf":
+        return TfidfLogReg(C=spec.C, seed=seed).fit(train_df["text"], train_df["label"])
+    if isinstance(spec, EncoderModel):  # encoder / onnx: the loader `finsent predict` and `finsent serve` use
+        from finsent.inference.classifiers import load_classifier
+        return load_classifier(spec.model, spec.kind, batch_size=spec.batch_size, max_length=spec.max_length,
+                               dtype=spec.dtype)
+    if isinstance(spec, ZeroShotModel):
+        from finsent.inference.classifiers import EmbeddingZeroShot
+        return EmbeddingZeroShot(spec.model, batch_size=spec.batch_size, max_length=spec.max_length,
+                                 temperature=spec.temperature)
+    return PrecomputedPredictions(spec.path)
 
 
 class PrecomputedPredictions:
@@ -108,7 +105,7 @@ def predict(model, split: str, frame: pd.DataFrame) -> np.ndarray:
     return model.predict_proba(frame["text"].tolist())
 
 
-def evaluate_all(models: Mapping[str, Mapping[str, Any]], test_sets: list[TestSet], train_df: pd.DataFrame,
+def evaluate_all(models: Mapping[str, EvalModel], test_sets: list[TestSet], train_df: pd.DataFrame,
                  *, max_rows: int | None = None, seed: int = 42, log=print):
     """Returns (results[model][test_set] -> full metrics, predictions[model][split] -> frame,
     labels[model][test_set] -> frame of actual / predicted labels)."""
@@ -167,14 +164,14 @@ def student_report(results: Mapping[str, Mapping[str, Mapping[str, Any]]], label
                              for t, m in results.get(student, {}).items()}}
 
 
-def backend_report(models: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+def backend_report(models: Mapping[str, EvalModel], results: Mapping[str, Mapping[str, Mapping[str, Any]]],
                    pairs: Mapping[str, Mapping[str, pd.DataFrame]], tolerance: float) -> dict[str, Any]:
     """For every model with a ``reference``: per test set its macro-F1, the reference's, the change,
     whether the loss is within ``tolerance`` (0.005 = half a point), and the share of rows where
     both predict the same label."""
     report: dict[str, Any] = {}
     for name, spec in models.items():
-        ref = spec.get("reference")
+        ref = spec.reference
         if not ref:
             continue
         if ref not in results:
@@ -185,10 +182,10 @@ def backend_report(models: Mapping[str, Mapping[str, Any]], results: Mapping[str
                 continue
             base = results[ref][test]["macro_f1"]
             delta = round(m["macro_f1"] - base, 4)
-            same = (pairs[name][test]["predicted"].to_numpy() == pairs[ref][test]["predicted"].to_numpy()).mean()
+            same = agreement(pairs[ref][test]["predicted"].tolist(), pairs[name][test]["predicted"].tolist())["accuracy"]
             report[name]["per_test_set"][test] = {
                 "macro_f1": m["macro_f1"], "reference_macro_f1": base, "delta_macro_f1": delta,
-                "within_tolerance": bool(delta >= -tolerance - 1e-9), "label_agreement": round(float(same), 4)}
+                "within_tolerance": bool(delta >= -tolerance - 1e-9), "label_agreement": same}
         report[name]["all_within_tolerance"] = all(v["within_tolerance"]
                                                    for v in report[name]["per_test_set"].values())
     return report

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .labels import LABELS  # noqa: E402
-from .metrics import test_names  # noqa: E402
+from finsent.core.labelset import LABELS  # noqa: E402
+from finsent.evaluation.metrics import test_names  # noqa: E402
 
 DPI = 90
 

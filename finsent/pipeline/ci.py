@@ -1,7 +1,7 @@
 """The CI metric check: rerun a small fixed configuration and diff it against committed numbers.
 
-    python -m finsent.ci check   # scratch copy -> dvc repro (ci/overrides.yaml) -> diffs -> gate
-    python -m finsent.ci update  # the same run, then store its params and metrics in ci/reference/
+    python -m finsent.pipeline.ci check   # scratch copy -> dvc repro (ci/overrides.yaml) -> diffs -> gate
+    python -m finsent.pipeline.ci update  # the same run, then store its params and metrics in ci/reference/
 
 The scratch copy gets one commit holding the *reference* params and metrics, then the current
 params (params.yaml merged with ci/overrides.yaml) are written and `dvc repro` runs; so
@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import ROOT, deep_merge, dump_params, load_params
+from finsent.core.params import deep_merge, dump_params, read_yaml, validate
+from finsent.core.paths import ROOT
 
 TOLERANCE = 0.03  # absolute macro-F1: room for float differences between CPUs, not for regressions
 CI_DIR = Path("ci")
@@ -52,7 +53,10 @@ def scratch_copy(root: Path, dest: Path) -> Path:
 
 
 def ci_params(root: Path) -> dict[str, Any]:
-    return deep_merge(load_params(root / "params.yaml"), load_params(root / OVERRIDES))
+    """params.yaml merged with ci/overrides.yaml (checked against the schema) as plain data, for dumping."""
+    merged = deep_merge(read_yaml(root / "params.yaml"), read_yaml(root / OVERRIDES))
+    validate(merged, f"params.yaml + {OVERRIDES}")
+    return merged
 
 
 def commit_all(repo: Path, message: str) -> None:
@@ -89,7 +93,7 @@ def reproduce(root: Path, work: Path, with_reference: bool) -> Path:
 
 def check(root: Path, tolerance: float = TOLERANCE) -> int:
     if not (root / REFERENCE / "evaluate.json").exists():
-        print(f"ci: no reference numbers in {REFERENCE}/; create them with `python -m finsent.ci update`")
+        print(f"ci: no reference numbers in {REFERENCE}/; create them with `python -m finsent.pipeline.ci update`")
         return 1
     with tempfile.TemporaryDirectory(prefix="finsent-ci-") as tmp:
         repo = reproduce(root, Path(tmp), with_reference=True)
@@ -119,7 +123,7 @@ def update(root: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finsent.ci", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m finsent.pipeline.ci", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=["check", "update"])
     ap.add_argument("--tolerance", type=float, default=TOLERANCE)

@@ -7,11 +7,19 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
 
-from .labels import LABELS
+from finsent.core.labelset import LABELS
 
 
 def _r(x: float) -> float:
     return round(float(x), 4)
+
+
+def accuracy_and_macro_f1(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+    """The two headline numbers, unrounded (what the Trainer's early stopping watches)."""
+    labels = list(LABELS)
+    _, _, f, _ = precision_recall_fscore_support(list(y_true), list(y_pred), labels=labels, average="macro",
+                                                 zero_division=0)
+    return {"accuracy": float(accuracy_score(list(y_true), list(y_pred))), "macro_f1": float(f)}
 
 
 def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
@@ -26,7 +34,7 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, A
     if unknown:
         raise ValueError(f"labels {unknown} are not in {labels}")
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    out: dict[str, Any] = {"n": len(y_true), "accuracy": _r(accuracy_score(y_true, y_pred))}
+    out: dict[str, Any] = {"n": len(y_true), "accuracy": _r(accuracy_and_macro_f1(y_true, y_pred)["accuracy"])}
     for avg in ("macro", "weighted"):
         ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
         out.update({f"{avg}_precision": _r(ap), f"{avg}_recall": _r(ar), f"{avg}_f1": _r(af)})
@@ -66,3 +74,31 @@ def prediction_frame(frame: pd.DataFrame, probs: np.ndarray, model: str) -> pd.D
 def test_names(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Every test set any model in ``results[model][test_set]`` was scored on, in first-seen order."""
     return list(dict.fromkeys(t for per_test in results.values() for t in per_test))
+
+
+def agreement(reference: Sequence[str | None], candidate: Sequence[str | None]) -> dict[str, Any]:
+    """How far two labellings agree, on the rows where both gave a label: n, the share of equal labels
+    (``accuracy`` when ``reference`` is gold), macro-F1, Cohen's kappa and the confusion matrix. The one
+    agreement rule: teacher vs gold (label stage), a faster backend vs its reference (evaluate, export)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    pairs = [(r, c) for r, c in zip(reference, candidate) if r is not None and c is not None]
+    if not pairs:
+        return {"n": 0}
+    y, p = zip(*pairs)
+    m = compute_metrics(y, p)
+    kappa = cohen_kappa_score(y, p, labels=list(LABELS)) if len(set(y) | set(p)) > 1 else 1.0
+    return {"n": len(pairs), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+            "cohen_kappa": round(float(kappa), 4), "confusion_matrix": m["confusion_matrix"]}
+
+
+def coverage_table(gold: Sequence[str], labels: Sequence[str | None], confidence: Sequence[float | None],
+                   thresholds: Sequence[float] = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)) -> list[dict]:
+    """Keep only answers whose top-label confidence reaches a threshold: coverage and accuracy."""
+    rows = []
+    scored = [(conf, lab == g) for g, lab, conf in zip(gold, labels, confidence) if lab and conf is not None]
+    for t in thresholds:
+        kept = [ok for conf, ok in scored if conf >= t]
+        rows.append({"threshold": t, "coverage": round(len(kept) / max(1, len(labels)), 4),
+                     "accuracy": round(float(np.mean(kept)), 4) if kept else None, "rows": len(kept)})
+    return rows

@@ -11,7 +11,6 @@ behaves the same on any x86 CPU. Embeddings, LayerNorm and softmax stay in fp32.
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -22,8 +21,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .models import resolve_model_ref
-from .predict import MODEL_CARD, ONNX_FILE
+from finsent.core.cards import read_card, write_card
+from finsent.core.refs import resolve_model_ref
+from finsent.evaluation.metrics import agreement as label_agreement
+from finsent.evaluation.metrics import probs_to_labels
+from finsent.inference.classifiers import ONNX_FILE
 
 SUPPORT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -32,10 +34,6 @@ def _copy_support(src: Path, dst: Path) -> None:
     for name in SUPPORT_FILES:
         if (src / name).exists():
             shutil.copy2(src / name, dst / name)
-
-
-def _card(dst: Path, **fields: Any) -> None:
-    (dst / MODEL_CARD).write_text(json.dumps(fields, indent=2) + "\n", encoding="utf-8")
 
 
 def size_mb(path: Path) -> float:
@@ -65,10 +63,11 @@ def export_onnx(model_ref: str, out_dir: str | Path, *, name: str, opset: int = 
         torch.onnx.export(model, tuple(sample[k] for k in names), str(out / ONNX_FILE), input_names=names,
                           output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
     _copy_support(src, out)
-    card = {"model_id": f"{name}:onnx-fp32", "precision": "fp32", "source": str(model_ref), "opset": opset,
-            "inputs": names, "export_s": round(time.perf_counter() - start, 2), "size_mb": size_mb(out / ONNX_FILE)}
-    _card(out, **card)
-    return card
+    # What the trained model's card says (base model, max length, label order, data) carries over.
+    inherited = {k: v for k, v in read_card(src).items() if k not in ("model_id", "kind", "dtype")}
+    return write_card(out, **{**inherited, "model_id": f"{name}:onnx-fp32", "kind": "onnx", "precision": "fp32",
+                              "source": str(model_ref), "opset": opset, "inputs": names,
+                              "export_s": round(time.perf_counter() - start, 2), "size_mb": size_mb(out / ONNX_FILE)})
 
 
 def quantize_int8(fp32_dir: str | Path, out_dir: str | Path, *, name: str, per_channel: bool = True,
@@ -101,13 +100,13 @@ def quantize_int8(fp32_dir: str | Path, out_dir: str | Path, *, name: str, per_c
                          reduce_range=reduce_range, op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded,
                          extra_options={"MatMulConstBOnly": True})
     _copy_support(src, out)
-    card = {"model_id": f"{name}:onnx-int8", "precision": "int8", "source": str(fp32_dir),
-            "quantization": {"method": "dynamic", "weights": "int8", "per_channel": per_channel,
-                             "reduce_range": reduce_range, "ops": ["MatMul"], "kept_fp32": excluded},
-            "batch_size": batch_size, "quantize_s": round(time.perf_counter() - start, 2),
-            "size_mb": size_mb(out / ONNX_FILE)}
-    _card(out, **card)
-    return card
+    inherited = {k: v for k, v in read_card(src).items() if k not in ("export_s", "size_mb", "opset", "inputs")}
+    return write_card(out, **{**inherited, "model_id": f"{name}:onnx-int8", "precision": "int8",
+                              "source": str(fp32_dir),
+                              "quantization": {"method": "dynamic", "weights": "int8", "per_channel": per_channel,
+                                               "reduce_range": reduce_range, "ops": ["MatMul"], "kept_fp32": excluded},
+                              "batch_size": batch_size, "quantize_s": round(time.perf_counter() - start, 2),
+                              "size_mb": size_mb(out / ONNX_FILE)})
 
 
 def matmul_names(path: str | Path) -> list[str]:
@@ -116,9 +115,10 @@ def matmul_names(path: str | Path) -> list[str]:
     return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "MatMul"]
 
 
-def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """How close two models' probabilities are: share of equal labels, largest probability difference."""
-    return {"label_agreement": round(float((reference.argmax(1) == candidate.argmax(1)).mean()), 4),
+    same = label_agreement(probs_to_labels(reference), probs_to_labels(candidate))["accuracy"]
+    return {"label_agreement": same,
             "max_abs_prob_diff": round(float(np.abs(reference - candidate).max()), 6),
             "mean_abs_prob_diff": round(float(np.abs(reference - candidate).mean()), 6)}
 
@@ -126,4 +126,4 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
 def check_exports(reference, candidates: Mapping[str, Any], texts: Sequence[str]) -> dict[str, dict[str, float]]:
     """Each candidate classifier against the reference (PyTorch fp32) on ``texts``."""
     ref = reference.predict_proba(texts)
-    return {name: agreement(ref, clf.predict_proba(texts)) for name, clf in candidates.items()}
+    return {name: fidelity(ref, clf.predict_proba(texts)) for name, clf in candidates.items()}

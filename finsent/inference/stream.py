@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .labels import LABELS
-from .metrics import PROB_COLUMNS, probs_to_labels
+from finsent.core.labelset import LABELS
+from finsent.evaluation.metrics import PROB_COLUMNS, probs_to_labels
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 OUTPUT_COLUMNS = ("row", "label", *PROB_COLUMNS, "model")

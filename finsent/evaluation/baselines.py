@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .labels import LABEL2ID, LABELS
+from finsent.core.labelset import LABEL2ID, LABELS
 
 
 class MajorityClassifier:

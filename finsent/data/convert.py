@@ -20,8 +20,9 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from .labels import LABELS, normalise_label
-from .safe_pickle import load_dataframe
+from finsent.core.labelset import LABELS, normalise_label
+from finsent.core.schema import Dataset
+from finsent.data.safe_pickle import load_dataframe
 
 OUTPUT_COLUMNS = ["id", "text", "label", "source", "dataset", "agreement", "official_split", "file", "row"]
 REJECT_COLUMNS = ["dataset", "file", "row", "text", "raw_label", "reason"]
@@ -164,39 +165,35 @@ def validate_rows(frame: pd.DataFrame, dataset: str, source: str,
             pd.DataFrame.from_records(bad, columns=REJECT_COLUMNS))
 
 
-def convert_dataset(name: str, spec: Mapping[str, Any], root: str | Path = ".") -> ConvertResult:
-    """Read every file of one dataset (as described in params.yaml ``datasets.<name>``)."""
+def convert_dataset(name: str, spec: Dataset | Mapping[str, Any], root: str | Path = ".") -> ConvertResult:
+    """Read every file of one dataset (as described in params.yaml ``datasets.<name>``; a mapping is
+    checked against the schema first)."""
     root = Path(root)
-    fmt = spec.get("format")
-    if fmt not in FORMATS:
-        raise ValueError(f"params.yaml datasets.{name}.format={fmt!r}: use one of {', '.join(FORMATS)}")
-    files = spec.get("files") or []
-    if not files:
-        raise ValueError(f"params.yaml datasets.{name}.files is empty: list the raw files to read")
-    encoding = spec.get("encoding", "latin-1" if fmt == "phrasebank" else "utf-8")
-    source = spec.get("source", name)
+    spec = Dataset.model_validate(spec)
+    fmt = spec.format
+    encoding = spec.encoding or ("latin-1" if fmt == "phrasebank" else "utf-8")
+    source = spec.source or name
 
     if fmt == "phrasebank":
         levelled = []
-        for entry in files:
-            frame = read_phrasebank_file(root / entry["path"], encoding=encoding)
-            frame["file"] = entry["path"]
-            levelled.append((float(entry.get("agreement", 0.5)), frame))
+        for entry in spec.files:
+            frame = read_phrasebank_file(root / entry.path, encoding=encoding)
+            frame["file"] = entry.path
+            levelled.append((float(entry.agreement), frame))
         raw = assign_agreement(levelled)
         raw["official_split"] = ""
     else:
         parts = []
-        for entry in files:
-            frame = read_table(root / entry["path"], fmt, encoding=encoding,
-                               text_column=spec.get("text_column", "text"),
-                               label_column=spec.get("label_column", "label"))
-            frame["file"] = entry["path"]
-            frame["official_split"] = entry.get("split", "")
+        for entry in spec.files:
+            frame = read_table(root / entry.path, fmt, encoding=encoding, text_column=spec.text_column,
+                               label_column=spec.label_column)
+            frame["file"] = entry.path
+            frame["official_split"] = entry.split
             frame["agreement"] = None
             parts.append(frame)
         raw = pd.concat(parts, ignore_index=True)
 
-    rows, rejects = validate_rows(raw, name, source, spec.get("label_map"))
+    rows, rejects = validate_rows(raw, name, source, spec.label_map)
     reasons = Counter(r.split(" (")[0] for r in rejects["reason"])
     stats = {
         "rows_in": int(len(raw)),

@@ -1,0 +1,1 @@
+"""Running models: one loader for every backend (PyTorch, ONNX Runtime, causal LM), exports, streamed prediction."""

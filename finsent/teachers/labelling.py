@@ -1,0 +1,91 @@
+"""Labelling a pool of posts with a teacher: draw the pool, gate the cost, label, account for it.
+
+The label stage is argument parsing and file I/O around :func:`label_pool`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from finsent.core.labelset import LABELS
+from finsent.evaluation.metrics import agreement, coverage_table
+from finsent.teachers.answers import Answer
+from finsent.teachers.cache import LabelCache
+from finsent.teachers.cost import append_ledger, usage_totals
+
+
+class BudgetExceeded(RuntimeError):
+    """The estimate for the posts not yet answered is above ``label.max_cost_usd``."""
+
+
+@dataclass
+class LabelRun:
+    labelled: pd.DataFrame     # id, text, label, confidence, p_<label>, teacher
+    quarantine: pd.DataFrame   # id, text, status, reason
+    summary: dict[str, Any]    # metrics/label.json
+    coverage: pd.DataFrame     # metrics/label_coverage.csv
+    ledger: Path
+
+
+def draw_pool(source: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """``n`` posts drawn with the seed (not stratified: a real pool's labels are unknown)."""
+    n = len(source) if n is None else min(int(n), len(source))
+    return source.sample(n=n, random_state=seed).reset_index(drop=True)
+
+
+def answer_frame(pool: pd.DataFrame, answers: list[Answer]) -> pd.DataFrame:
+    rows = []
+    for (_, row), a in zip(pool.iterrows(), answers):
+        conf = a.confidence or {}
+        rows.append({"id": row["id"], "text": row["text"], "label": a.label, "status": a.status, "reason": a.reason,
+                     "confidence": round(a.top_confidence, 5) if conf else None,
+                     **{f"p_{lab}": round(conf[lab], 5) if conf else None for lab in LABELS}})
+    return pd.DataFrame(rows)
+
+
+def label_pool(teacher, name: str, pool: pd.DataFrame, cache: LabelCache, *, cache_dir: str | Path,
+               max_cost_usd: float | None = None, log=print) -> LabelRun:
+    """Label ``pool`` (id, text, and gold ``label`` used only to measure the teacher) with ``teacher``."""
+    texts = pool["text"].tolist()
+    gold = pool["label"].tolist()
+    estimate = teacher.estimate(texts, cache)
+    if estimate is not None:
+        log(f"label: {estimate['cached']} of {len(texts)} posts cached; estimate for the other {estimate['rows']}: "
+            f"~{estimate['prompt_tokens']:,} prompt + {estimate['completion_tokens']:,} completion tokens, "
+            f"${estimate['usd']:.4f} ({estimate['mode']}; list price {estimate['price_per_1m']} USD per 1M tokens in, out)")
+        if max_cost_usd is not None and estimate["usd"] > float(max_cost_usd):
+            raise BudgetExceeded(f"the estimate ${estimate['usd']:.2f} exceeds label.max_cost_usd={max_cost_usd}; "
+                                 f"raise it (dvc exp run -S label.max_cost_usd=...) or label fewer posts "
+                                 f"(label.pool.n)")
+    start = time.perf_counter()
+    answers = teacher.label(texts, cache)
+    seconds = time.perf_counter() - start
+
+    frame = answer_frame(pool, answers)
+    labelled = frame[frame["status"] == "ok"].drop(columns=["status", "reason"]).assign(teacher=teacher.teacher_id)
+    quarantine = frame[frame["status"] != "ok"][["id", "text", "status", "reason"]]
+    fresh = [a for a in answers if not a.cached]
+    summary = {
+        "teacher": name, "teacher_id": teacher.teacher_id, "rows": len(pool),
+        "labelled": int((frame["status"] == "ok").sum()),
+        "per_label": {lab: int((labelled["label"] == lab).sum()) for lab in LABELS},
+        "quarantined": int((frame["status"] == "quarantined").sum()),
+        "failed": int((frame["status"] == "failed").sum()),
+        "cache_hits": len(answers) - len(fresh),
+        "requests": teacher.stats["requests"], "retries": teacher.stats["retries"],
+        **usage_totals(fresh),
+        "estimated_cost_usd": estimate["usd"] if estimate else 0.0,
+        "seconds": round(seconds, 2),
+        "posts_per_second": round(len(fresh) / seconds, 2) if fresh and seconds > 0 and name != "gold" else None,
+        "agreement_with_gold": agreement(gold, [a.label for a in answers]),
+    }
+    coverage = pd.DataFrame(coverage_table(gold, [a.label for a in answers], [a.top_confidence for a in answers]))
+    ledger = append_ledger(cache_dir, {"teacher_id": teacher.teacher_id, "rows": len(pool), "new_answers": len(fresh),
+                                       "requests": summary["requests"], "prompt_tokens": summary["prompt_tokens"],
+                                       "completion_tokens": summary["completion_tokens"],
+                                       "cost_usd": summary["cost_usd"]})
+    return LabelRun(labelled, quarantine, summary, coverage, ledger)

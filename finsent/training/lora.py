@@ -1,0 +1,112 @@
+"""LoRA fine-tuning of a causal LM with trl's SFTTrainer (loading and scoring: finsent.inference.causal_lm)."""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from finsent.core.prompts import render_completion, render_prompt
+from finsent.core.runtime import use_cuda
+from finsent.core.schema import LLMHP, LoraSpec
+from finsent.training.common import history_frame, tensorboard_callbacks, trainer_arguments
+
+
+def add_lora(model, spec: LoraSpec, *, quantized: bool, gradient_checkpointing: bool = False, seed: int = 0):
+    """Wrap ``model`` with LoRA adapters (peft); fail loudly if nothing is trainable. The adapters'
+    random initialisation is seeded (the Trainer seeds only later, after the model exists)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=spec.target_modules, bias="none", task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
+    model = get_peft_model(model, config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise RuntimeError(f"LoRA left no trainable parameter (target_modules={spec.target_modules!r}); "
+                           f"name modules that exist in this model")
+    return model
+
+
+@contextlib.contextmanager
+def merged_for_inference(model):
+    """Score a LoRA model with its adapter merged into the base weights, and unmerge afterwards.
+
+    The unmerged path runs every adapter as an extra float32 branch beside each bf16 layer (5x
+    slower scoring on CPU). Only full-precision bases are merged: a 4-bit base is left as is (it is
+    never merged into, see the issue's rule). The saved artefact stays the adapter alone.
+    """
+    mergeable = hasattr(model, "merge_adapter") and not getattr(model, "is_loaded_in_4bit", False) \
+        and not any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    if mergeable:
+        model.merge_adapter()
+    try:
+        yield model
+    finally:
+        if mergeable:
+            model.unmerge_adapter()
+
+
+def lora_target_names(model) -> set[str]:
+    """Short names of the modules LoRA wrapped (for checks and logs)."""
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+
+
+def sft_records(tokenizer, frame: pd.DataFrame) -> list[dict[str, str]]:
+    """Prompt / completion pairs for trl (completion-only loss masks the prompt)."""
+    return [{"prompt": render_prompt(tokenizer, text), "completion": render_completion(tokenizer, label)}
+            for text, label in zip(frame["text"], frame["label"])]
+
+
+def sft_train(model, tokenizer, train_df: pd.DataFrame, eval_df: pd.DataFrame | None, hp: LLMHP, *,
+              work_dir: str | Path, log_dir: str | Path,
+              max_steps: int | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """LoRA SFT with trl; returns (summary: losses, steps, seconds, peak GPU memory; loss history)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    has_eval = eval_df is not None and len(eval_df) > 0
+    config = trainer_arguments(
+        SFTConfig, hp, work_dir=work_dir, max_steps=max_steps,
+        per_device_eval_batch_size=hp.batch_size,
+        optim=hp.optim,
+        max_length=hp.max_length,
+        completion_only_loss=True,
+        packing=False,
+        gradient_checkpointing=hp.gradient_checkpointing,
+        # Non-reentrant checkpointing and no unused-parameter search: what LoRA needs under DDP.
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,
+        eval_strategy="epoch" if has_eval else "no",
+        save_total_limit=1,
+    )
+    train_ds = Dataset.from_list(sft_records(tokenizer, train_df))
+    eval_ds = Dataset.from_list(sft_records(tokenizer, eval_df)) if has_eval else None
+    trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, callbacks=tensorboard_callbacks(log_dir))
+    cuda = use_cuda()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    summary = {
+        "steps": int(trainer.state.global_step),
+        "train_loss": round(float(result.training_loss), 4),
+        "first_loss": round(float(losses[0]), 4) if losses else None,
+        "last_loss": round(float(losses[-1]), 4) if losses else None,
+        "eval_loss": round(float(evals[-1]), 4) if evals else None,
+        "train_seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(1, trainer.state.global_step), 3),
+        "train_rows": len(train_ds),
+    }
+    if cuda:
+        summary["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return summary, history_frame(trainer.state.log_history, per="step")
