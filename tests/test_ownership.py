@@ -83,22 +83,36 @@ def test_mistyped_values_and_dangling_names_are_errors(root):
 
 
 @pytest.mark.slow
-def test_typo_in_dvc_exp_run_fails_fast_naming_the_key(root, tmp_path):
-    """`dvc exp run -S` with a typo'd key stops at the first stage that runs, in seconds, before any
-    training: every stage validates the whole params.yaml before importing torch."""
+@pytest.mark.parametrize("override, hint", [
+    ("+train.hp_sett=fast", "train: unknown key 'hp_sett' (did you mean 'hp_set'?)"),  # a new key: DVC adds it
+    ("train.hp_set=fsat", "train.hp_set: 'fsat' is not defined (did you mean 'fast'?)"),
+    ("hp_sets.default.learning_rate=fast", "hp_sets.default.learning_rate: Input should be a valid number"),
+])
+def test_typo_in_dvc_exp_run_fails_fast_naming_the_key(root, tmp_path, override, hint):
+    """`dvc exp run -S` with a typo'd key or value stops at the first stage that runs, in seconds and
+    before any training: every stage validates the whole params.yaml before importing torch. (DVC
+    itself refuses `-S train.hp_sett=...` for a key that does not exist; `+key=` adds one.)"""
     from finsent.pipeline.ci import commit_all, scratch_copy
 
     repo = scratch_copy(root, tmp_path / "repo")
     commit_all(repo, "scratch")
-    start = time.perf_counter()
     env = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])}
-    result = subprocess.run(["dvc", "exp", "run", "-S", "train.hp_sett=fast"], cwd=repo, capture_output=True,
-                            text=True, env=env)
+    start = time.perf_counter()
+    result = subprocess.run(["dvc", "exp", "run", "-S", override], cwd=repo, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     output = result.stdout + result.stderr
-    assert result.returncode != 0 and "did you mean 'hp_set'" in output, output[-2000:]
-    print(f"dvc exp run with a typo failed after {seconds:.1f} s")
-    assert seconds < 5, f"took {seconds:.1f} s"
+    assert result.returncode != 0 and hint in output, output[-2000:]
+    assert "Running stage 'train'" not in output  # stopped before any training
+    # The stage's own share: it fails on the params before importing torch (~1 s on a quiet machine).
+    bad = repo / "params.yaml"  # dvc exp run left the override in the workspace's params.yaml
+    start = time.perf_counter()
+    stage = subprocess.run([sys.executable, "stages/train.py", "--params", str(bad)], cwd=repo, capture_output=True,
+                           text=True)
+    stage_seconds = time.perf_counter() - start
+    assert stage.returncode != 0 and hint in stage.stderr and "Traceback" not in stage.stderr, stage.stderr[-2000:]
+    print(f"dvc exp run -S {override}: failed after {seconds:.1f} s (the stage alone: {stage_seconds:.1f} s)")
+    # Bounds wide enough for a loaded CI machine; the quiet-machine figures are in the README.
+    assert stage_seconds < 5 and seconds < 15, (seconds, stage_seconds)
 
 
 # ---- model cards ----------------------------------------------------------------------------------

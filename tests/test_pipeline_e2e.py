@@ -123,3 +123,24 @@ def test_plots_render_offline(repo):
     html = (repo / "plots_html/index.html").read_text(encoding="utf-8")
     assert "cdn.jsdelivr" not in html and "vega-embed" in html.lower()
     assert "confusion" in html or "actual" in html
+
+
+@pytest.mark.parametrize("module", ["finsent/core/runtime.py", "finsent/data/split.py",
+                                    "finsent/teachers/cost.py", "finsent/inference/export.py"])
+def test_editing_a_module_a_stage_imports_makes_dvc_status_report_it(repo, module):
+    """dvc.yaml's code deps are the import closures, so `dvc status` names exactly the stages whose
+    code changed (the ones downstream follow once their inputs change)."""
+    from finsent.pipeline.deps import import_closure, stage_scripts
+
+    scripts = stage_scripts(yaml.safe_load((repo / "dvc.yaml").read_text()))
+    expected = {name for name, script in scripts.items() if module in import_closure(repo / script, repo)}
+    assert expected, f"no stage imports {module}"
+    path = repo / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# edited\n")
+        report = json.loads(run(["dvc", "status", "--json"], repo, capture_output=True).stdout)
+        assert set(report) == expected
+    finally:
+        path.write_text(original)
+    assert "up to date" in run(["dvc", "status"], repo, capture_output=True).stdout

@@ -11,8 +11,9 @@ from finsent.core.paths import PARAMS_FILE
 from finsent.core.schema import Params
 
 
-class ParamsError(ValueError):
-    """params.yaml does not fit the schema: each problem with its key path and the fix."""
+class ParamsError(SystemExit):
+    """params.yaml does not fit the schema: each problem with its key path and the fix. A SystemExit,
+    so a stage (or `dvc exp run`) stops with this message and exit code 1, not a traceback."""
 
 
 def read_yaml(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
