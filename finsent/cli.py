@@ -28,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--api-key-env", help="require `Authorization: Bearer $VAR` from clients")
+    p.add_argument("--api-key-env", help="require `Authorization: Bearer $VAR` from clients (refuses to start "
+                                         "when VAR is unset or empty)")
+    p.add_argument("--no-auth", action="store_true", help="serve without a key on purpose (needed off loopback)")
+    p.add_argument("--max-body-mb", type=float, default=1.0, help="largest JSON request body (413 beyond)")
+    p.add_argument("--max-file-mb", type=float, default=64.0, help="largest Batch API upload (413 beyond)")
+    p.add_argument("--max-inputs", type=int, default=2048, help="most texts in one /v1/classify request")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--faults", help="inject failures for client tests, e.g. 429=0.2,500=0.1,timeout=0.05,offschema=0.1")
     p.add_argument("--fault-seed", type=int, default=0)
     p = sub.add_parser("predict", help="label a CSV / Parquet / JSONL file, streamed in chunks")
@@ -52,11 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.command == "serve":
-        from finsent.serving.app import serve
+        from finsent.serving.app import Limits, serve
+        limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_file_bytes=int(args.max_file_mb * 2**20),
+                        max_inputs=args.max_inputs)
         serve(args.model, kind=args.kind, base=args.base, host=args.host, port=args.port, model_id=args.model_id,
               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, faults=args.faults,
-              fault_seed=args.fault_seed, api_key_env=args.api_key_env, dtype=args.dtype,
-              max_length=args.max_length, threads=args.threads)
+              fault_seed=args.fault_seed, api_key_env=args.api_key_env, no_auth=args.no_auth, dtype=args.dtype,
+              max_length=args.max_length, threads=args.threads, limits=limits, log_level=args.log_level)
         return 0
     if args.command == "predict":
         return _predict(args)
@@ -95,14 +103,20 @@ def _predict(args) -> int:
     if args.model.startswith("models/") and not Path(args.model).exists():  # a pipeline output not built yet
         raise SystemExit(f"finsent predict: {args.model} does not exist; build it with `dvc repro` "
                          f"(or `dvc pull`), or name another model with --model")
+    if Path(args.output).resolve() == Path(args.input).resolve():  # before the model load
+        raise SystemExit(f"finsent predict: -o {args.output} is the input file; writing it would destroy the "
+                         f"posts. Choose another path")
     set_threads(args.threads)
     classifier = load_classifier(args.model, args.kind, args.base, batch_size=args.batch_size,
                                  max_length=args.max_length, dtype=args.dtype)
     keep = None if args.keep_columns is None else [c.strip() for c in args.keep_columns.split(",") if c.strip()]
-    summary = predict_file(classifier, args.input, args.output, text_column=args.text_column, keep_columns=keep,
-                           chunk_size=args.chunk_size, rejects_path=args.rejects, model_id=args.model_id,
-                           input_format=args.input_format, output_format=args.output_format,
-                           progress=not args.no_progress)
+    try:
+        summary = predict_file(classifier, args.input, args.output, text_column=args.text_column, keep_columns=keep,
+                               chunk_size=args.chunk_size, rejects_path=args.rejects, model_id=args.model_id,
+                               input_format=args.input_format, output_format=args.output_format,
+                               progress=not args.no_progress)
+    except (ValueError, KeyError, FileNotFoundError) as exc:  # bad input: one line naming the file and the fix
+        raise SystemExit(f"finsent predict: {exc.args[0] if exc.args else exc}") from None
     if args.summary:
         from finsent.core.io import write_json
         write_json(summary, args.summary)

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from finsent.evaluation.plots import model_comparison_figure
     from finsent.teachers.cache import LabelCache
     from finsent.teachers.compare import compare, compare_markdown
+    from finsent.teachers.cost import write_ledger
 
     cfg = params.compare
     sample = sample_rows(load_split(cfg.gold.split, cfg.gold.part), cfg.gold.n, params.seed)
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     finally:
+        write_ledger(cache, params.label.cache_dir)  # OpenAI candidates spend too
         cache.close()
     result["gold"] = {**cfg.gold.model_dump(), "n": len(sample)}
     out = Path(args.metrics_dir)

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from finsent.core.io import StageClock, write_csv, write_json  # noqa: E402
 from finsent.core.params import load_params  # noqa: E402
 from finsent.core.paths import INTERIM_DIR, METRICS_DIR  # noqa: E402
-from finsent.data.convert import convert_dataset  # noqa: E402
+from finsent.data.convert import UnreadableFile, convert_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,12 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     summary = {}
     for name, spec in params.datasets.items():
-        result = convert_dataset(name, spec)
+        try:
+            result = convert_dataset(name, spec)
+        except UnreadableFile as exc:  # bad records are rejects; only a file that cannot be read stops here
+            raise SystemExit(f"convert {name}: {exc}") from None
         write_csv(result.rows, out_dir / f"{name}.csv")
         write_csv(result.rejects, out_dir / "rejects" / f"{name}.csv")
         summary[name] = result.stats
         print(f"convert {name}: {result.stats['rows_out']} rows, {result.stats['rejected']} rejected "
-              f"-> {out_dir / (name + '.csv')}")
+              f"({out_dir / 'rejects' / (name + '.csv')}) -> {out_dir / (name + '.csv')}")
     write_json(summary, args.metrics)
     return 0
 

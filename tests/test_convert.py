@@ -30,7 +30,7 @@ def test_phrasebank_latin1_last_at_and_no_line_break_bytes(root, fpb):
     assert not fpb.rows["text"].str.contains("\ufffd").any()
     assert fpb.rows["text"].str.contains(r"[^\x00-\x7f]").sum() == 111
     assert not fpb.rows["text"].str.contains("\r|\n").any()
-    raw = read_phrasebank_file(root / FPB_DIR / "Sentences_AllAgree.txt")
+    raw = read_phrasebank_file(root / FPB_DIR / "Sentences_AllAgree.txt").rows
     assert len(raw) == 2264 and raw["raw_label"].isin(["positive", "neutral", "negative"]).all()
 
 
@@ -109,3 +109,54 @@ def test_convert_stage_writes_rejects_and_metrics(tmp_path, root, monkeypatch):
     assert rejects["row"].tolist() == [2, 4]
     stats = json.loads((tmp_path / "convert.json").read_text())["mini"]
     assert stats["rejected"] == 2 and stats["rows_out"] == 2
+
+
+# ---- one bad record never stops the stage (issue 14) ---------------------------------------------
+
+def _convert(tmp_path, fmt: str, data: bytes, **spec):
+    path = tmp_path / f"raw.{fmt}"
+    path.write_bytes(data)
+    return convert_dataset("d", {"format": fmt, "files": [{"path": str(path)}], **spec})
+
+
+def test_bad_csv_records_become_rejects_with_file_record_and_reason(tmp_path):
+    data = (b'text,label\n'
+            b'Profit rose,positive\n'
+            b'caf\xe9 sales fell,negative\n'          # latin-1 byte in a UTF-8 file
+            b'a,b,c\n'                               # ragged
+            b'"multi\nline ok",neutral\n'
+            b'\n'                                    # blank line: counted, not a record
+            b'Sales fell,negative\n'
+            b'"unclosed,positive\nlast,neutral\n')   # unclosed quote swallows the rest
+    result = _convert(tmp_path, "csv", data)
+    assert result.rows["text"].tolist() == ["Profit rose", "multi\nline ok", "Sales fell"]
+    reasons = result.rejects["reason"].tolist()
+    assert any(r.startswith("not valid utf-8 (byte 35 of the file, line 3") for r in reasons)
+    assert "3 fields where the header has 2 (line 4)" in reasons
+    assert any(r.startswith("unreadable CSV record (unexpected end of data; lines 9-10)") for r in reasons)
+    assert set(result.rejects["file"]) == {str(tmp_path / "raw.csv")}
+    s = result.stats
+    assert s["rows_in"] == s["rows_out"] + s["rejected"] and s["blank_lines"] == 1
+
+
+def test_bad_jsonl_lines_become_rejects(tmp_path):
+    data = b'{"text": "Profit rose", "label": "Positive"}\nnull\n[1,2]\n{oops\n\n{"text": "x", "label": "sideways"}\n'
+    result = _convert(tmp_path, "jsonl", data)
+    assert result.rows["label"].tolist() == ["positive"]  # mixed-case label normalised
+    assert result.rejects["reason"].tolist() == ["not a JSON object (null, line 2)", "not a JSON object (list, line 3)",
+                                                 "invalid JSON (Expecting property name enclosed in double quotes, "
+                                                 "line 4)",
+                                                 "unknown label 'sideways' (expected one of negative, neutral, positive)"]
+    assert result.rejects["row"].tolist() == [2, 3, 4, 6]
+    assert result.stats["rows_in"] == 5 == result.stats["rows_out"] + result.stats["rejected"]
+
+
+def test_a_file_that_cannot_be_read_stops_with_its_name_and_the_fix(tmp_path):
+    from finsent.data.convert import UnreadableFile
+
+    with pytest.raises(UnreadableFile, match="nope.csv: no such file; fix its path"):
+        convert_dataset("d", {"format": "csv", "files": [{"path": str(tmp_path / "nope.csv")}]})
+    with pytest.raises(UnreadableFile, match="raw.parquet: cannot be read as Parquet"):
+        _convert(tmp_path, "parquet", b"PAR1 not really")
+    with pytest.raises(UnreadableFile, match=r"column\(s\) \['label'\] not found"):
+        _convert(tmp_path, "csv", b"text,sentiment\nx,positive\n")

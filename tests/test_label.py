@@ -83,8 +83,13 @@ def test_faults_end_labelled_or_quarantined(classifier, posts, tmp_path):
     faults = Faults({"429": 0.15, "500": 0.1, "timeout": 0.05, "offschema": 0.1}, seed=3, timeout_s=1.5)
     with BackgroundServer(create_app(classifier, "finsent-test", faults=faults)) as url:
         t = teacher(url, concurrency=8, timeout_s=0.5, backoff_s=0.01, max_retries=8)
-        answers = t.label(posts, LabelCache(tmp_path / "c.sqlite"))
+        cache = LabelCache(tmp_path / "c.sqlite")
+        answers = t.label(posts, cache)
         served = stats(url)
+    # a timed-out attempt may have been billed by the provider: it is in the ledger, apart from the answers
+    (run,) = cache.spend_by_run()
+    assert run["possibly_billed_attempts"] == served["faults"]["timeout"] > 0 and run["possibly_billed_usd"] > 0
+    assert run["paid_answers"] == len(posts) and abs(run["cost_usd"] - sum(a.cost_usd for a in answers)) < 1e-9
     statuses = [a.status for a in answers]
     assert len(answers) == len(posts) and set(statuses) <= {"ok", "quarantined"}
     assert statuses.count("quarantined") == served["faults"].get("offschema", 0) > 0
@@ -118,6 +123,7 @@ def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, w
         params["label"].update(teacher="openai", cache_dir=str(tmp_path / "cache"), pool={"split": "fpb", "part": "train", "n": 300})
         params["label"]["openai"].update(model="finsent-test", base_url=url, api_key_env="FINSENT_TEST_KEY",
                                          concurrency=2)
+        params["label"]["prices"]["finsent-test"] = {"input_per_1m": 0.15, "output_per_1m": 0.60}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         cmd = [sys.executable, str(root / "stages/label.py"), "--params", str(tmp_path / "params.yaml"),
                "--out-dir", str(tmp_path / "out"), "--metrics-dir", str(tmp_path / "metrics")]
@@ -133,6 +139,9 @@ def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, w
         proc.wait()
         answered = {r[0] for r in sqlite3.connect(db).execute("SELECT key FROM answers")}
         assert 40 <= len(answered) < 300, "kill the run mid-way"
+        cache = LabelCache(db)  # the ledger survives the kill: every paid answer's cost is in it
+        killed_spend = sum(r["cost_usd"] for r in cache.spend_by_run())
+        assert cache.answered_cost() > 0 and abs(killed_spend - cache.answered_cost()) < 1e-9
         before = stats(url, secret)["per_text"]
         with open(tmp_path / "run2.log", "w") as log2:
             subprocess.run(cmd, cwd=tmp_path, stdout=log2, stderr=subprocess.STDOUT, check=True)
@@ -145,6 +154,9 @@ def test_stage_killed_and_resumed_repeats_nothing_and_leaks_no_key(classifier, w
                 and after.get(text_key(x), 0) != before.get(text_key(x), 0)]
     assert not repeated, f"{len(repeated)} posts answered before the kill were requested again"
     assert metrics["agreement_with_gold"]["n"] == len(pool) and 0 < metrics["agreement_with_gold"]["accuracy"] <= 1
+    ledger = __import__("pandas").read_csv(tmp_path / "cache/ledger.csv")
+    assert len(ledger) == 2 and abs(ledger["cost_usd"].iloc[0] - killed_spend) < 1e-7  # the killed run has its row
+    assert abs(ledger["cost_usd"].sum() - LabelCache(db).answered_cost()) < 1e-7
     for path in [tmp_path / "params.yaml", tmp_path / "run1.log", tmp_path / "run2.log", *(tmp_path / "out").iterdir(),
                  *(tmp_path / "metrics").iterdir(), *(tmp_path / "cache").iterdir()]:
         assert secret not in path.read_text(errors="ignore"), path
@@ -209,3 +221,25 @@ def test_compare_stage_against_serve(classifier, workdir, root):
     assert c["served_minilm"]["accuracy"] == c["local_minilm"]["accuracy"] and c["served_minilm"]["n"] == 60
     assert result["best"] in ("served_minilm", "local_minilm") and (tmp_path / "m/compare.png").stat().st_size > 5000
     assert "skipped" in (tmp_path / "m/compare.md").read_text()
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "wrong key"])
+def test_label_stage_says_one_clear_line_when_the_teacher_cannot_run(classifier, workdir, root, problem):
+    tmp_path = workdir
+    secret, wrong = "sk-right-" + "r" * 24, "sk-wrong-" + "w" * 24
+    with BackgroundServer(create_app(classifier, "finsent-test", api_key=secret)) as url:
+        params = read_yaml(root / "params.yaml")
+        params["label"].update(teacher="openai", cache_dir=str(tmp_path / "cache"),
+                               pool={"split": "fpb", "part": "train", "n": 20})
+        params["label"]["openai"].update(model="finsent-test", api_key_env="FINSENT_TEST_KEY",
+                                         base_url="http://127.0.0.1:9/v1" if problem == "unreachable" else url)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        result = subprocess.run([sys.executable, str(root / "stages/label.py"), "--params", str(tmp_path / "params.yaml"),
+                                 "--out-dir", str(tmp_path / "out"), "--metrics-dir", str(tmp_path / "m")],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                env={**__import__("os").environ, "FINSENT_TEST_KEY": wrong})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert wrong not in result.stdout + result.stderr and secret not in result.stdout + result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("label:") and ("APIConnectionError" if problem == "unreachable"
+                                             else "AuthenticationError") in message, message

@@ -268,3 +268,80 @@ def test_cli_names_the_fix_when_the_pipeline_model_is_missing(tmp_path, root):
                              "--model", "models/encoder"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(root)})
     assert result.returncode != 0 and "dvc repro" in result.stderr and not (tmp_path / "out.csv").exists()
+
+
+# ---- nothing falls through: every record is predicted or rejected (issue 14) -------------------------
+
+MALFORMED_JSONL = [b'{"text": "Profit rose ."}', b"null", b"[1, 2]", b"7", b'"a string"', b"{broken",
+                   b'{"text": "caf\xe9 sales fell ."}', b'{"text": null}', b'{"text": "Sales fell ."}']
+BAD_BYTE = len(b"\n".join(MALFORMED_JSONL[:6]) + b"\n") + MALFORMED_JSONL[6].index(b"\xe9")  # offset in the file
+
+
+def test_jsonl_null_list_number_and_non_utf8_lines_are_rejects(exported, tmp_path):
+    clf = OnnxClassifier(str(exported[0] / "int8"))
+    src = tmp_path / "posts.jsonl"
+    src.write_bytes(b"\n".join(MALFORMED_JSONL) + b"\n")
+    summary = predict_file(clf, src, tmp_path / "out.csv", chunk_size=3, progress=False)
+    rejects = pd.read_csv(summary["rejects"], keep_default_na=False)
+    assert rejects["reason"].tolist() == ["not a JSON object (null)", "not a JSON object (list)",
+                                          "not a JSON object (int)", "not a JSON object (str)",
+                                          "invalid JSON (Expecting property name enclosed in double quotes)",
+                                          f"not UTF-8 (byte {BAD_BYTE} of the file)", "missing"]
+    assert summary["rows_in"] == 9 == summary["rows_predicted"] + summary["rows_rejected"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "jsonl", "jsonl.gz", "parquet"])
+def test_rows_in_equal_rows_out_plus_rejects_for_every_format(exported, tmp_path, fmt):
+    """A property over generated malformed inputs: whatever the records hold, each one is either in
+    the output or in the rejects file, and the summary's counts close."""
+    import random
+
+    clf = OnnxClassifier(str(exported[0] / "int8"))
+    rng = random.Random(fmt)
+    values = ["Profit rose .", "", "   ", None, "Sales fell 20 % .", "x" * 3000, "\u00e9t\u00e9 \U0001F680", "a,b\nc"]
+    for trial in range(3):
+        texts = [rng.choice(values) for _ in range(rng.randint(1, 40))]
+        src = tmp_path / f"in{trial}.{fmt}"
+        frame = pd.DataFrame({"id": range(len(texts)), "text": texts})
+        if fmt.startswith("csv"):
+            frame.to_csv(src, index=False)
+            with open(src, "ab") as fh:  # a blank line: a record with an empty text, not a skipped line
+                fh.write(b"\n") if not fmt.endswith("gz") else None
+        elif fmt.startswith("jsonl"):
+            frame.to_json(src, orient="records", lines=True)
+        else:
+            frame.to_parquet(src)
+        summary = predict_file(clf, src, tmp_path / f"out{trial}.csv", chunk_size=rng.randint(1, 16), progress=False)
+        out = pd.read_csv(tmp_path / f"out{trial}.csv")
+        rejects = pd.read_csv(summary["rejects"])
+        assert summary["rows_in"] == summary["rows_predicted"] + summary["rows_rejected"], summary
+        assert len(out) == summary["rows_predicted"] and len(rejects) == summary["rows_rejected"]
+        assert sorted([*out["row"], *rejects["row"]]) == list(range(summary["rows_in"]))
+        assert summary["rows_in"] >= len(texts)
+
+
+def test_corrupt_inputs_and_overwriting_the_input_are_refused_by_name(exported, tmp_path, root):
+    clf = OnnxClassifier(str(exported[0] / "int8"))
+    parquet = tmp_path / "cut.parquet"
+    pd.DataFrame({"text": ["Profit rose ."] * 50}).to_parquet(parquet)
+    parquet.write_bytes(parquet.read_bytes()[:-30])
+    with pytest.raises(ValueError, match="cut.parquet: not a readable Parquet file"):
+        predict_file(clf, parquet, tmp_path / "o.csv", progress=False)
+    gz = tmp_path / "cut.jsonl.gz"
+    import gzip
+    gz.write_bytes(gzip.compress(b'{"text": "Profit rose ."}\n' * 200)[:-20])
+    with pytest.raises(ValueError, match="cut.jsonl.gz: the gzip stream is damaged"):
+        predict_file(clf, gz, tmp_path / "o.csv", progress=False)
+    src = tmp_path / "posts.csv"
+    pd.DataFrame({"text": ["Profit rose ."]}).to_csv(src, index=False)
+    before = src.read_bytes()
+    with pytest.raises(ValueError, match="is the input file"):
+        predict_file(clf, src, src, progress=False)
+    result = subprocess.run([sys.executable, "-m", "finsent.cli", "predict", str(src), "-o", str(src), "--model",
+                             str(exported[0] / "int8")], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "is the input file" in result.stderr and "Traceback" not in result.stderr
+    assert src.read_bytes() == before
+    result = subprocess.run([sys.executable, "-m", "finsent.cli", "predict", str(parquet), "-o", str(tmp_path / "x.csv"),
+                             "--model", str(exported[0] / "int8")], cwd=root, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "cut.parquet" in result.stderr and "Traceback" not in result.stderr

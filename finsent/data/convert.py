@@ -12,6 +12,9 @@ with the file, the record number and the reason.
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,56 +51,189 @@ def clean_text(value: object) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Readers: each returns a frame with columns text, raw_label, file, row (+ extras), row = 1-based
-# record number in that file (for the PhraseBank files it is the line number).
+# Readers: each returns a Read (a frame with columns text, raw_label, file, row (+ extras), and the
+# records it could not read, each with its reason). row = 1-based record number in that file (for
+# the PhraseBank and JSONL files it is the line number). Only a file that cannot be read at all
+# (missing, not the format, without the text or label column) stops the stage, naming the file.
 # ---------------------------------------------------------------------------------------------
 
-def read_phrasebank_file(path: str | Path, encoding: str = "latin-1") -> pd.DataFrame:
-    """One ``sentence@label`` file (latin-1, CRLF). Splits on the last '@'."""
-    path = Path(path)
-    data = path.read_bytes().decode(encoding)
-    # Split on newlines only: str.splitlines() would also break on U+0085 and friends,
-    # which latin-1 decodes from ordinary bytes.
-    lines = [line[:-1] if line.endswith("\r") else line for line in data.split("\n")]
+class UnreadableFile(ValueError):
+    """A whole file cannot be used: the message names the file and the fix."""
+
+
+@dataclass
+class Read:
+    rows: pd.DataFrame
+    rejects: list[dict[str, Any]] = field(default_factory=list)   # file, row, text, raw_label, reason
+    blank_lines: int = 0
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UnreadableFile(f"{path}: no such file; fix its path under params.yaml datasets.<name>.files") from None
+    except OSError as exc:
+        raise UnreadableFile(f"{path}: cannot be read ({exc})") from None
+
+
+def decode_lines(data: bytes, encoding: str) -> tuple[list[str], dict[int, str]]:
+    """The file's lines split on ``\\n`` only (str.splitlines would also break on U+0085, which latin-1
+    decodes from an ordinary byte), a trailing ``\\r`` removed, and {line number: reason} for the lines
+    that do not decode (kept, with U+FFFD in place of the bad bytes, so record numbers stay the same;
+    the record holding one becomes a reject with the byte offset)."""
+    try:
+        lines = data.decode(encoding).split("\n")
+        bad: dict[int, str] = {}
+    except UnicodeDecodeError:
+        lines, bad, offset = [], {}, 0
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            try:
+                lines.append(raw.decode(encoding))
+            except UnicodeDecodeError as exc:
+                lines.append(raw.decode(encoding, errors="replace"))
+                bad[number] = (f"not valid {encoding} (byte {offset + exc.start} of the file, line {number}; "
+                               f"re-save the file as {encoding} or set datasets.<name>.encoding)")
+            offset += len(raw) + 1
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     if lines and lines[-1] == "":
         lines.pop()
-    records = []
+    return lines, bad
+
+
+def read_phrasebank_file(path: str | Path, encoding: str = "latin-1") -> Read:
+    """One ``sentence@label`` file (latin-1, CRLF). Splits on the last '@'."""
+    path = Path(path)
+    lines, bad_lines = decode_lines(_read_bytes(path), encoding)
+    records, bad = [], []
     for lineno, line in enumerate(lines, start=1):
+        if lineno in bad_lines:
+            bad.append({"file": str(path), "row": lineno, "text": line[:200], "raw_label": None,
+                        "reason": bad_lines[lineno]})
+            continue
         if "@" in line:
             text, label = line.rsplit("@", 1)
         else:
             text, label = line, None
         records.append({"text": text, "raw_label": label, "file": str(path), "row": lineno,
                         "_no_separator": "@" not in line})
-    return pd.DataFrame.from_records(records, columns=["text", "raw_label", "file", "row", "_no_separator"])
+    frame = pd.DataFrame.from_records(records, columns=["text", "raw_label", "file", "row", "_no_separator"])
+    return Read(frame, bad)
+
+
+def _missing_columns(path: Path, columns: Iterable[str], text_column: str, label_column: str) -> None:
+    columns = list(map(str, columns))
+    missing = [c for c in (text_column, label_column) if c not in columns]
+    if missing:
+        raise UnreadableFile(f"{path}: column(s) {missing} not found (columns are {columns}); "
+                             f"set text_column / label_column for this dataset in params.yaml")
+
+
+def _read_csv(path: Path, encoding: str, text_column: str, label_column: str) -> Read:
+    """Python's csv reader, record by record (quoted fields may hold commas and newlines): a record
+    with the wrong number of fields, or bad quoting, is a reject; blank lines are counted, not records."""
+    lines, bad_lines = decode_lines(_read_bytes(path), encoding)
+    bad: list[dict[str, Any]] = []
+    text = "\n".join(lines) + "\n"
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error):
+        raise UnreadableFile(f"{path}: no CSV header line; the first line must name the columns") from None
+    _missing_columns(path, header, text_column, label_column)
+    i_text, i_label = header.index(text_column), header.index(label_column)
+    records, record, blank = [], 0, 0
+    while True:
+        first_line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            record += 1
+            where = (f"lines {first_line}-{reader.line_num}" if reader.line_num > first_line else f"line {first_line}")
+            bad.append({"file": str(path), "row": record, "text": "", "raw_label": None,
+                        "reason": f"unreadable CSV record ({exc}; {where}): quote fields that hold commas, quotes "
+                                  f"or line breaks, and close every quote"})
+            continue
+        if not fields:
+            blank += 1
+            continue
+        record += 1
+        undecodable = [bad_lines[n] for n in range(first_line, reader.line_num + 1) if n in bad_lines]
+        if undecodable:
+            bad.append({"file": str(path), "row": record, "text": ",".join(fields)[:200], "raw_label": None,
+                        "reason": undecodable[0]})
+            continue
+        if len(fields) != len(header):
+            bad.append({"file": str(path), "row": record, "text": ",".join(fields)[:200], "raw_label": None,
+                        "reason": f"{len(fields)} fields where the header has {len(header)} (line {first_line})"})
+            continue
+        records.append({"text": fields[i_text], "raw_label": fields[i_label], "row": record})
+    frame = pd.DataFrame.from_records(records, columns=["text", "raw_label", "row"])
+    frame.insert(2, "file", str(path))
+    return Read(frame, bad, blank)
+
+
+def _read_jsonl(path: Path, encoding: str, text_column: str, label_column: str) -> Read:
+    """One JSON object per line; a line that is not one (invalid JSON, null, a list, a number) is a reject."""
+    lines, bad_lines = decode_lines(_read_bytes(path), encoding)
+    records, bad, blank, seen_keys = [], [], 0, set()
+    for number, line in enumerate(lines, start=1):
+        if number in bad_lines:
+            bad.append({"file": str(path), "row": number, "text": line[:200], "raw_label": None,
+                        "reason": bad_lines[number]})
+            continue
+        if not line.strip():
+            blank += 1
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad.append({"file": str(path), "row": number, "text": line[:200], "raw_label": None,
+                        "reason": f"invalid JSON ({exc.msg}, line {number})"})
+            continue
+        if not isinstance(value, dict):
+            kind = "null" if value is None else type(value).__name__
+            bad.append({"file": str(path), "row": number, "text": line[:200], "raw_label": None,
+                        "reason": f"not a JSON object ({kind}, line {number})"})
+            continue
+        seen_keys |= set(value)
+        records.append({"text": value.get(text_column), "raw_label": value.get(label_column), "row": number})
+    if records:
+        _missing_columns(path, seen_keys, text_column, label_column)
+    frame = pd.DataFrame.from_records(records, columns=["text", "raw_label", "row"])
+    frame.insert(2, "file", str(path))
+    return Read(frame, bad, blank)
 
 
 def read_table(path: str | Path, fmt: str, *, encoding: str = "utf-8", text_column: str = "text",
-               label_column: str = "label") -> pd.DataFrame:
-    """CSV / Parquet / JSONL / pickled DataFrame -> text, raw_label, file, row."""
+               label_column: str = "label") -> Read:
+    """CSV / Parquet / JSONL / pickled DataFrame -> text, raw_label, file, row (+ rejects)."""
     path = Path(path)
     if fmt == "csv":
-        frame = pd.read_csv(path, encoding=encoding, dtype=object, keep_default_na=False)
-    elif fmt == "parquet":
-        frame = pd.read_parquet(path)
-    elif fmt == "jsonl":
-        frame = pd.read_json(path, lines=True, dtype=False, encoding=encoding)
+        return _read_csv(path, encoding, text_column, label_column)
+    if fmt == "jsonl":
+        return _read_jsonl(path, encoding, text_column, label_column)
+    if fmt == "parquet":
+        _read_bytes(path)[:0]  # a clear message for a missing file
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several kinds for a file that is not Parquet
+            raise UnreadableFile(f"{path}: cannot be read as Parquet ({type(exc).__name__}: {exc}); "
+                                 f"check the file or its datasets.<name>.format") from None
     elif fmt == "pickle":
         frame = load_dataframe(path)
     else:
-        raise ValueError(f"{path}: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
-    missing = [c for c in (text_column, label_column) if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: column(s) {missing} not found (columns are {list(map(str, frame.columns))}); "
-            f"set text_column / label_column for this dataset in params.yaml")
+        raise UnreadableFile(f"{path}: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+    _missing_columns(path, frame.columns, text_column, label_column)
     out = pd.DataFrame({
         "text": frame[text_column].astype(object).to_numpy(),
         "raw_label": frame[label_column].astype(object).to_numpy(),
     })
     out["file"] = str(path)
     out["row"] = range(1, len(out) + 1)
-    return out
+    return Read(out)
 
 
 def assign_agreement(frames: Iterable[tuple[float, pd.DataFrame]]) -> pd.DataFrame:
@@ -174,32 +310,41 @@ def convert_dataset(name: str, spec: Dataset | Mapping[str, Any], root: str | Pa
     encoding = spec.encoding or ("latin-1" if fmt == "phrasebank" else "utf-8")
     source = spec.source or name
 
+    unreadable: list[dict[str, Any]] = []   # records the readers could not parse, with their reasons
+    blank_lines = 0
     if fmt == "phrasebank":
         levelled = []
         for entry in spec.files:
-            frame = read_phrasebank_file(root / entry.path, encoding=encoding)
-            frame["file"] = entry.path
-            levelled.append((float(entry.agreement), frame))
+            read = read_phrasebank_file(root / entry.path, encoding=encoding)
+            read.rows["file"] = entry.path
+            unreadable += [{**r, "file": entry.path} for r in read.rejects]
+            levelled.append((float(entry.agreement), read.rows))
         raw = assign_agreement(levelled)
         raw["official_split"] = ""
     else:
         parts = []
         for entry in spec.files:
-            frame = read_table(root / entry.path, fmt, encoding=encoding, text_column=spec.text_column,
-                               label_column=spec.label_column)
+            read = read_table(root / entry.path, fmt, encoding=encoding, text_column=spec.text_column,
+                              label_column=spec.label_column)
+            frame = read.rows
             frame["file"] = entry.path
             frame["official_split"] = entry.split
             frame["agreement"] = None
+            unreadable += [{**r, "file": entry.path} for r in read.rejects]
+            blank_lines += read.blank_lines
             parts.append(frame)
         raw = pd.concat(parts, ignore_index=True)
 
-    rows, rejects = validate_rows(raw, name, source, spec.label_map)
+    rows, invalid = validate_rows(raw, name, source, spec.label_map)
+    rejects = pd.concat([pd.DataFrame.from_records([{**r, "dataset": name} for r in unreadable], columns=REJECT_COLUMNS),
+                         invalid], ignore_index=True) if unreadable else invalid
     reasons = Counter(r.split(" (")[0] for r in rejects["reason"])
     stats = {
-        "rows_in": int(len(raw)),
+        "rows_in": int(len(raw) + len(unreadable)),
         "rows_out": int(len(rows)),
         "rejected": int(len(rejects)),
         "rejected_by_reason": dict(sorted(reasons.items())),
+        "blank_lines": blank_lines,
         "labels": {lab: int((rows["label"] == lab).sum()) for lab in LABELS},
     }
     if fmt == "phrasebank":

@@ -33,6 +33,10 @@ from finsent.core.runtime import resolve_dtype, softmax
 
 ONNX_FILE = "model.onnx"
 KINDS = ("auto", "encoder", "onnx", "llm", "causal_lm", "zeroshot")
+# A post is cut at this many characters per token of max_length before tokenising: no WordPiece token
+# is longer (max_input_chars_per_word), so what the model reads is unchanged, while a megabyte post
+# costs no more to tokenise than a long one.
+CHARS_PER_TOKEN = 100
 
 
 def max_length_for(card: dict, override: int | None) -> int:
@@ -74,7 +78,8 @@ class _Tokenised:
     def batched_by_length(self, texts: Sequence[str], forward: Callable[[dict], np.ndarray], *,
                           tensors: str = "pt", desc: str = "predict") -> np.ndarray:
         """Run ``forward`` (padded batch -> rows) over batches of similar token count, in input order."""
-        texts = list(texts)
+        cap = self.max_length * CHARS_PER_TOKEN
+        texts = [t if len(t) <= cap else t[:cap] for t in texts]
         if not texts:
             return np.zeros((0, len(LABELS)))
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 import resource
 import time
 from collections import Counter
@@ -57,6 +58,10 @@ def _open_text(path: Path, mode: str):
         else open(path, mode, encoding="utf-8", newline="")
 
 
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------
@@ -64,32 +69,43 @@ def _open_text(path: Path, mode: str):
 def count_rows(path: str | Path, fmt: str) -> int | None:
     """The number of records when it is cheap to know (Parquet metadata), else None."""
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
-        return pq.ParquetFile(path).metadata.num_rows
+        try:
+            return pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError):
+            return None  # reading it will say what is wrong, naming the file
     return None
 
 
 def _jsonl_chunks(path: Path, chunk_size: int) -> Iterator[tuple[pd.DataFrame, list[dict[str, Any]]]]:
+    """Every non-blank line is a record: a JSON object becomes a row; anything else (invalid JSON,
+    bytes that are not UTF-8, ``null``, a list, a number) is rejected with its reason."""
     records: list[dict[str, Any]] = []
     rows: list[int] = []
     bad: list[dict[str, Any]] = []
-    with _open_text(path, "r") as fh:
-        row = -1
-        for line in fh:
-            if not line.strip():
+    with _open_binary(path) as fh:
+        row, offset = -1, 0
+        for raw in fh:
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
                 continue  # blank lines are not records
             row += 1
             try:
+                line = raw.decode("utf-8")
                 record = json.loads(line)
+            except UnicodeDecodeError as exc:
+                bad.append({"row": row, "reason": f"not UTF-8 (byte {start + exc.start} of the file)",
+                            "value": repr(raw[:200])})
             except json.JSONDecodeError as exc:
                 bad.append({"row": row, "reason": f"invalid JSON ({exc.msg})", "value": line.strip()[:200]})
-                record = None
-            if record is not None and not isinstance(record, dict):
-                bad.append({"row": row, "reason": f"not a JSON object ({type(record).__name__})",
-                            "value": line.strip()[:200]})
-            elif record is not None:
-                records.append(record)
-                rows.append(row)
+            else:
+                if isinstance(record, dict):
+                    records.append(record)
+                    rows.append(row)
+                else:
+                    kind = "null" if record is None else type(record).__name__
+                    bad.append({"row": row, "reason": f"not a JSON object ({kind})", "value": line.strip()[:200]})
             if row % chunk_size == chunk_size - 1:
                 yield pd.DataFrame.from_records(records, index=rows), bad
                 records, rows, bad = [], [], []
@@ -103,28 +119,38 @@ def read_chunks(path: str | Path, fmt: str, chunk_size: int) -> Iterator[tuple[p
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such input file")
-    if fmt == "csv":
-        start = 0
-        try:
-            for frame in pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False,
-                                     encoding="utf-8"):
-                frame.index = pd.RangeIndex(start, start + len(frame))
-                start += len(frame)
-                yield frame, []
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read it as UTF-8 CSV after record {start}: {exc}. Fix or remove "
-                             f"that line (quote fields holding commas or newlines), or convert the file "
-                             f"with `finsent`'s convert stage") from None
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
-        start = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-            frame = batch.to_pandas()
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            start += len(frame)
-            yield frame, []
-    else:
-        yield from _jsonl_chunks(path, chunk_size)
+    try:
+        if fmt == "csv":
+            start = 0
+            try:
+                # skip_blank_lines=False: a blank line is a record with an empty text (rejected, counted)
+                for frame in pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False,
+                                         encoding="utf-8", skip_blank_lines=False):
+                    frame.index = pd.RangeIndex(start, start + len(frame))
+                    start += len(frame)
+                    yield frame, []
+            except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: cannot read it as UTF-8 CSV after record {start}: {exc}. Fix or remove "
+                                 f"that line (quote fields holding commas or newlines), or convert the file "
+                                 f"with `finsent`'s convert stage") from None
+        elif fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            start = 0
+            try:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
+                    frame = batch.to_pandas()
+                    frame.index = pd.RangeIndex(start, start + len(frame))
+                    start += len(frame)
+                    yield frame, []
+            except (pa.ArrowException, OSError) as exc:
+                raise ValueError(f"{path}: not a readable Parquet file after record {start} ({exc}); check that "
+                                 f"it was written completely, or pass --input-format for another format") from None
+        else:
+            yield from _jsonl_chunks(path, chunk_size)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: the gzip stream is damaged or cut short ({exc}); re-create or re-download "
+                         f"the file") from None
 
 
 def text_problems(values: pd.Series) -> pd.Series:
@@ -234,6 +260,10 @@ def predict_file(classifier, input_path: str | Path, output_path: str | Path, *,
     ``keep_columns``: input columns copied to the output (None: all of them)."""
     fmt_in, fmt_out = file_format(input_path, input_format), file_format(output_path, output_format)
     rejects_path = Path(rejects_path) if rejects_path else rejects_path_for(output_path)
+    for target, flag in ((Path(output_path), "-o/--output"), (rejects_path, "--rejects")):
+        if target.resolve() == Path(input_path).resolve():
+            raise ValueError(f"{target}: {flag} is the input file; writing it would destroy the posts. "
+                             f"Choose another path")
     model_id = model_id or getattr(classifier, "model_id", "model")
     if hasattr(classifier, "progress"):
         classifier.progress = False  # one bar for the whole file instead of one per chunk

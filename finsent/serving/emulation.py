@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import APIRouter, Request, Response
 
 from finsent.serving.openai_shape import error_response
+from finsent.serving.requests import BatchCreate
 
 
 @dataclass
@@ -78,8 +79,14 @@ class BatchAPI:
         return meta
 
     async def upload(self, request: Request):
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return error_response(400, "upload a file as multipart/form-data with fields `file` and `purpose`",
+                                  "invalid_request_error", param="file")
         form = await request.form()
-        upload_file = form["file"]
+        upload_file = form.get("file")
+        if upload_file is None or isinstance(upload_file, str):
+            return error_response(400, "no file in the upload: send the JSONL as the multipart field `file`",
+                                  "invalid_request_error", param="file")
         return self.store_file(await upload_file.read(), upload_file.filename or "upload.jsonl",
                                str(form.get("purpose", "")))
 
@@ -88,11 +95,51 @@ class BatchAPI:
             return error_response(404, f"No such file: {file_id}", "invalid_request_error")
         return Response(self.files[file_id]["content"], media_type="application/jsonl")
 
+    def parse_input(self, content: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(request lines, errors): each error names its line, as OpenAI reports a bad input file."""
+        lines, errors = [], []
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return [], [{"code": "invalid_encoding", "line": None,
+                         "message": f"the input file is not UTF-8 (byte {exc.start})", "param": None}]
+        for number, raw in enumerate(text.splitlines(), start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                errors.append({"code": "invalid_json_line", "line": number, "param": None,
+                               "message": f"line {number} is not valid JSON ({exc.msg})"})
+                continue
+            if not isinstance(line, dict) or not isinstance(line.get("body"), dict) or "custom_id" not in line:
+                errors.append({"code": "invalid_request", "line": number, "param": None,
+                               "message": f"line {number} must be an object with custom_id and body"})
+                continue
+            lines.append(line)
+        if not lines and not errors:
+            errors.append({"code": "empty_file", "line": None, "param": None, "message": "the input file is empty"})
+        return lines, errors
+
     async def run_batch(self, batch: dict[str, Any]) -> None:
+        try:
+            await self._run_batch(batch)
+        except Exception as exc:  # never leave a batch in_progress forever
+            self._fail(batch, [{"code": "server_error", "line": None, "param": None,
+                                "message": f"the batch failed ({type(exc).__name__})"}])
+
+    def _fail(self, batch: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+        content = "\n".join(json.dumps({"error": e}) for e in errors).encode() + b"\n"
+        batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": errors},
+                     error_file_id=self.store_file(content, "errors.jsonl", "batch_output")["id"])
+
+    async def _run_batch(self, batch: dict[str, Any]) -> None:
         await asyncio.sleep(self.delay_s)
+        lines, errors = self.parse_input(self.files[batch["input_file_id"]]["content"])
+        if errors:  # OpenAI validates the whole file first and fails the batch on a bad line
+            self._fail(batch, errors)
+            return
         batch["status"] = "in_progress"
-        content = self.files[batch["input_file_id"]]["content"].decode()
-        lines = [json.loads(x) for x in content.splitlines() if x.strip()]
         batch["request_counts"]["total"] = len(lines)
 
         async def one(line: dict[str, Any]) -> str:
@@ -107,15 +154,14 @@ class BatchAPI:
         batch["output_file_id"] = self.store_file("\n".join(out).encode() + b"\n", "output.jsonl", "batch_output")["id"]
         batch.update(status="completed", completed_at=int(time.time()))
 
-    async def create_batch(self, request: Request):
-        body = await request.json()
-        if body.get("input_file_id") not in self.files:
-            return error_response(400, f"input_file_id {body.get('input_file_id')!r} was not uploaded",
-                                  "invalid_request_error")
-        batch = {"id": f"batch_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": body.get("endpoint"),
-                 "input_file_id": body["input_file_id"], "completion_window": body.get("completion_window", "24h"),
+    async def create_batch(self, body: BatchCreate):
+        if body.input_file_id not in self.files:
+            return error_response(400, f"input_file_id {body.input_file_id!r} was not uploaded",
+                                  "invalid_request_error", param="input_file_id")
+        batch = {"id": f"batch_{uuid.uuid4().hex[:24]}", "object": "batch", "endpoint": body.endpoint,
+                 "input_file_id": body.input_file_id, "completion_window": body.completion_window,
                  "status": "validating", "created_at": int(time.time()), "output_file_id": None,
-                 "error_file_id": None, "metadata": body.get("metadata"),
+                 "error_file_id": None, "errors": None, "metadata": body.metadata,
                  "request_counts": {"total": 0, "completed": 0, "failed": 0}}
         self.batches[batch["id"]] = batch
         batch["_task"] = asyncio.get_running_loop().create_task(self.run_batch(batch))

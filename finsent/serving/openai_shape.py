@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from finsent.core.labelset import LABELS
 from finsent.core.prompts import PROMPT_VERSION, extract_text
+from finsent.serving.requests import ChatMessage, ChatRequest, ResponseFormat
 
 
 def text_key(text: str) -> str:
@@ -23,45 +24,53 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, type_: str, code: str | None = None, headers: dict | None = None):
-    return JSONResponse(error_body(message, type_, code), status_code=status, headers=headers)
+def error_response(status: int, message: str, type_: str, code: str | None = None, headers: dict | None = None,
+                   param: str | None = None):
+    return JSONResponse(error_body(message, type_, code, param), status_code=status, headers=headers)
 
 
-def last_user_text(messages: list[dict[str, Any]]) -> str:
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """(message, param) for a pydantic / FastAPI validation error list: the first problem, with its field."""
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body",)]
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request").removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return (f"{param}: {message}{more}" if param else f"{message}{more}"), param
+
+
+def last_user_text(messages: list[ChatMessage]) -> str:
     """The post: the last user message's text (string content or text parts)."""
     for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            if isinstance(content, str):
-                return extract_text(content)
+        if message.role == "user" and message.text() is not None:
+            return extract_text(message.text())
     raise ValueError("messages hold no user message with text")
 
 
-def label_property(response_format: dict[str, Any] | None) -> str:
+def label_property(response_format: ResponseFormat | None) -> str:
     """The JSON property to answer in: the schema's property whose enum is the label set, else 'label'."""
-    schema = ((response_format or {}).get("json_schema") or {}).get("schema") or {}
-    for name, prop in (schema.get("properties") or {}).items():
-        if isinstance(prop, dict) and set(prop.get("enum") or []) == set(LABELS):
-            return name
+    schema = (response_format.json_schema.schema_ if response_format and response_format.json_schema else None) or {}
+    properties = schema.get("properties")
+    for name, prop in (properties.items() if isinstance(properties, dict) else []):
+        if isinstance(prop, dict) and isinstance(prop.get("enum"), list) and set(map(str, prop["enum"])) == set(LABELS):
+            return str(name)
     return "label"
 
 
-def chat_completion(model_id: str, probs: np.ndarray, body: dict[str, Any], prompt_tokens: int,
+def chat_completion(model_id: str, probs: np.ndarray, request: ChatRequest, prompt_tokens: int,
                     off_schema: bool = False) -> dict[str, Any]:
     """One chat.completion object for one post's probabilities."""
     label = "bullish" if off_schema else LABELS[int(np.argmax(probs))]
     logp = {lab: math.log(max(float(p), 1e-12)) for lab, p in zip(LABELS, probs)}
-    fmt = (body.get("response_format") or {}).get("type")
+    fmt = request.response_format.type if request.response_format else None
     if fmt in ("json_schema", "json_object"):
-        key = label_property(body.get("response_format"))
+        key = label_property(request.response_format)
         pieces = [(f'{{"{key}":"', 0.0), (label, logp.get(label, -30.0)), ('"}', 0.0)]
     else:
         pieces = [(label, logp.get(label, -30.0))]
     logprobs = None
-    if body.get("logprobs"):
-        k = int(body.get("top_logprobs") or 0)
+    if request.logprobs:
+        k = request.top_logprobs or 0
         ranked = sorted(logp.items(), key=lambda kv: -kv[1])[:k]
         logprobs = {"content": [
             {"token": tok, "logprob": lp, "bytes": list(tok.encode()),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,10 +54,14 @@ def estimate_cost(texts: Sequence[str], price: tuple[float, float], completion_t
             "usd": round(cost_usd(prompt_tokens, out_tokens, price) * factor, 6)}
 
 
-def append_ledger(cache_dir: str | Path, entry: Mapping[str, Any]) -> Path:
-    """One row per labelling run in ``<cache_dir>/ledger.csv`` (kept across runs, outside DVC outputs)."""
+LEDGER_COLUMNS = ["run_id", "started", "teacher_id", "paid_answers", "possibly_billed_attempts", "prompt_tokens",
+                  "completion_tokens", "cost_usd", "possibly_billed_usd"]
+
+
+def write_ledger(cache, cache_dir: str | Path) -> Path:
+    """``<cache_dir>/ledger.csv``: one row per run and teacher, from the cache's spend table (which is
+    written with every answer, so a killed run's spend is there too). Kept across runs, outside DVC."""
     ledger = Path(cache_dir) / LEDGER_FILE
     ledger.parent.mkdir(parents=True, exist_ok=True)
-    row = pd.DataFrame([{"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **entry}])
-    row.to_csv(ledger, mode="a", header=not ledger.exists(), index=False)
+    pd.DataFrame(cache.spend_by_run(), columns=LEDGER_COLUMNS).to_csv(ledger, index=False)
     return ledger

@@ -15,7 +15,7 @@ from finsent.core.labelset import LABELS
 from finsent.evaluation.metrics import agreement, coverage_table
 from finsent.teachers.answers import Answer
 from finsent.teachers.cache import LabelCache
-from finsent.teachers.cost import append_ledger, usage_totals
+from finsent.teachers.cost import usage_totals, write_ledger
 
 
 class BudgetExceeded(RuntimeError):
@@ -52,6 +52,7 @@ def label_pool(teacher, name: str, pool: pd.DataFrame, cache: LabelCache, *, cac
     """Label ``pool`` (id, text, and gold ``label`` used only to measure the teacher) with ``teacher``."""
     texts = pool["text"].tolist()
     gold = pool["label"].tolist()
+    write_ledger(cache, cache_dir)  # a killed earlier run's spend shows up even if this one stops early
     estimate = teacher.estimate(texts, cache)
     if estimate is not None:
         log(f"label: {estimate['cached']} of {len(texts)} posts cached; estimate for the other {estimate['rows']}: "
@@ -83,9 +84,7 @@ def label_pool(teacher, name: str, pool: pd.DataFrame, cache: LabelCache, *, cac
         "posts_per_second": round(len(fresh) / seconds, 2) if fresh and seconds > 0 and name != "gold" else None,
         "agreement_with_gold": agreement(gold, [a.label for a in answers]),
     }
+    this_run = [r for r in cache.spend_by_run() if r["run_id"] == cache.run_id]
+    summary["possibly_billed_usd"] = round(sum(r["possibly_billed_usd"] for r in this_run), 6)
     coverage = pd.DataFrame(coverage_table(gold, [a.label for a in answers], [a.top_confidence for a in answers]))
-    ledger = append_ledger(cache_dir, {"teacher_id": teacher.teacher_id, "rows": len(pool), "new_answers": len(fresh),
-                                       "requests": summary["requests"], "prompt_tokens": summary["prompt_tokens"],
-                                       "completion_tokens": summary["completion_tokens"],
-                                       "cost_usd": summary["cost_usd"]})
-    return LabelRun(labelled, quarantine, summary, coverage, ledger)
+    return LabelRun(labelled, quarantine, summary, coverage, write_ledger(cache, cache_dir))

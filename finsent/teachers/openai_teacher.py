@@ -15,8 +15,9 @@ import json
 import math
 import os
 import random
+import re
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -69,6 +70,14 @@ def confidence_from_logprobs(logprobs) -> dict[str, float] | None:
             total = sum(probs.values())
             return {k: v / total for k, v in probs.items()} if total > 0 else None
     return None
+
+
+def redact(message: str) -> str:
+    """An error message without API keys in it (providers echo part of a wrong key back)."""
+    keys = [v for k, v in os.environ.items() if v and len(v) >= 12 and ("KEY" in k or "TOKEN" in k)]
+    for key in keys:
+        message = message.replace(key, "***")
+    return re.sub(r"\b(sk|rk|pk)-[A-Za-z0-9_*\-]{6,}", r"\1-***", message)
 
 
 def retry_after_seconds(exc: Exception) -> float | None:
@@ -127,7 +136,7 @@ class OpenAITeacher:
         except (openai.APIConnectionError, openai.APITimeoutError, openai.AuthenticationError,
                 openai.PermissionDeniedError) as exc:
             raise TeacherUnavailable(f"{self.spec.base_url or 'api.openai.com'}: {type(exc).__name__}: "
-                                     f"{str(exc)[:160]}") from None
+                                     f"{redact(str(exc))[:160]}") from None
 
     def estimate(self, texts: Sequence[str], cache: LabelCache) -> dict[str, Any]:
         """Before a run: the posts not in the cache, their tokens and USD in this mode."""
@@ -153,7 +162,9 @@ class OpenAITeacher:
                       round(cost_usd(pt, ct, self.price) * price_factor, 8),
                       latency_s, attempts)
 
-    async def ask(self, client, text: str) -> Answer:
+    async def ask(self, client, text: str, on_abandoned: Callable[[], None] | None = None) -> Answer:
+        """One post, with retries. ``on_abandoned`` is called for every attempt that timed out on our side
+        and is retried: the provider may have finished (and billed) it."""
         import openai
 
         start, attempt = time.perf_counter(), 0
@@ -165,7 +176,9 @@ class OpenAITeacher:
                 r = await client.chat.completions.create(**self.request_body(text))
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
                     openai.APIConnectionError) as exc:
-                last_error = f"{type(exc).__name__}: {str(exc)[:120]}"
+                last_error = f"{type(exc).__name__}: {redact(str(exc))[:120]}"
+                if isinstance(exc, openai.APITimeoutError) and on_abandoned is not None:
+                    on_abandoned()
                 if attempt > self.spec.max_retries:
                     break
                 self.stats["retries"] += 1
@@ -175,7 +188,7 @@ class OpenAITeacher:
                 await asyncio.sleep(wait)
                 continue
             except openai.APIStatusError as exc:  # 400/401/403/404...: retrying will not help
-                return Answer(None, "failed", f"HTTP {exc.status_code}: {str(exc)[:160]}", attempts=attempt,
+                return Answer(None, "failed", f"HTTP {exc.status_code}: {redact(str(exc))[:160]}", attempts=attempt,
                               latency_s=time.perf_counter() - start)
             return self.answer_from(r, attempt, time.perf_counter() - start)
         return Answer(None, "failed", f"gave up after {attempt} attempts ({last_error})", attempts=attempt,
@@ -249,9 +262,16 @@ class OpenAITeacher:
         gate = asyncio.Semaphore(self.spec.concurrency)
 
         async def one(i: int) -> None:
+            key = cache_key(self.teacher_id, texts[i])
+
+            def abandoned() -> None:  # a timed-out attempt may still be billed: estimate it into the ledger
+                guess = estimate_cost([texts[i]], self.price)
+                cache.record_spend(self.teacher_id, key, "possibly_billed_timeout", guess["prompt_tokens"],
+                                   guess["completion_tokens"], guess["usd"])
+
             async with gate:
-                answer = await self.ask(client, texts[i])
-            cache.put(cache_key(self.teacher_id, texts[i]), self.teacher_id, answer)  # as it arrives
+                answer = await self.ask(client, texts[i], on_abandoned=abandoned)
+            cache.put(key, self.teacher_id, answer)  # the answer and its cost, as it arrives
             answers[i] = answer
 
         tasks = [asyncio.create_task(one(i)) for i in todo]
