@@ -160,3 +160,38 @@ def test_a_file_that_cannot_be_read_stops_with_its_name_and_the_fix(tmp_path):
         _convert(tmp_path, "parquet", b"PAR1 not really")
     with pytest.raises(UnreadableFile, match=r"column\(s\) \['label'\] not found"):
         _convert(tmp_path, "csv", b"text,sentiment\nx,positive\n")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet", "pickle"])
+def test_convert_counts_close_for_every_format(tmp_path, fmt):
+    """Property over generated records (good, empty, missing, unknown-label, non-text, bad bytes,
+    ragged, non-object lines): rows in = rows out + rejects, and every record is in one of the two."""
+    import random
+
+    rng = random.Random(fmt)
+    texts = ["Profit rose", "", "   ", None, 42, "caf\u00e9 fell", "a,b\nc", "x" * 500]
+    labels = ["positive", "Negative ", " neutral", "sideways", None, 2]
+    for trial in range(4):
+        n = rng.randint(1, 30)
+        frame = pd.DataFrame({"text": [rng.choice(texts) for _ in range(n)],
+                              "label": [rng.choice(labels) for _ in range(n)]})
+        path = tmp_path / f"t{trial}.{fmt}"
+        extra = 0
+        if fmt == "csv":
+            frame.astype(str).to_csv(path, index=False)
+            with open(path, "ab") as fh:
+                fh.write(b"ragged,row,here\n\xff\xfe bad bytes,positive\n")
+            extra = 2
+        elif fmt == "jsonl":
+            frame.to_json(path, orient="records", lines=True)
+            with open(path, "ab") as fh:
+                fh.write(b"null\n[1, 2]\n{broken\n\xff\n")
+            extra = 4
+        elif fmt == "parquet":
+            frame.astype({"text": object, "label": object}).astype(str).to_parquet(path)
+        else:
+            frame.to_pickle(path)
+        result = convert_dataset("d", {"format": fmt, "files": [{"path": str(path)}]})
+        s = result.stats
+        assert s["rows_in"] == n + extra == s["rows_out"] + s["rejected"], (s, n, extra)
+        assert sorted([*result.rows["row"], *result.rejects["row"]]) == list(range(1, s["rows_in"] + 1))

@@ -234,3 +234,28 @@ def test_batch_with_a_non_json_line_fails_with_an_error_file(server):
     assert batch.status == "failed" and batch.errors.data[0].line == 2
     errors = client.files.content(batch.error_file_id).text
     assert "line 2 is not valid JSON" in errors
+
+
+def test_a_huge_post_is_cut_before_tokenising_without_changing_the_answer(classifier):
+    from finsent.inference.classifiers import CHARS_PER_TOKEN
+
+    cap = classifier.max_length * CHARS_PER_TOKEN
+    head = "Operating profit rose sharply. " * (cap // 31 + 1)
+    huge = head + "x" * 2_000_000
+    original, seen = classifier.tokenizer, []
+
+    class Spy:  # records what reaches the tokenizer
+        def __call__(self, texts, **kw):
+            seen.extend(len(t) for t in texts)
+            return original(texts, **kw)
+
+        def __getattr__(self, name):
+            return getattr(original, name)
+
+    classifier.tokenizer = Spy()
+    try:
+        probs = classifier.predict_proba([huge, head[:cap]])
+    finally:
+        classifier.tokenizer = original
+    assert max(seen) == cap < len(huge)  # the 2 MB tail is never tokenised
+    assert abs(probs[0] - probs[1]).max() < 1e-6
