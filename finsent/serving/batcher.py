@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ import numpy as np
 
 
 def release_heap() -> bool:
-    """Return freed heap pages to the OS where the C library can (glibc); False elsewhere."""
+    """Collect garbage, then return freed heap pages to the OS where the C library can (glibc);
+    False where it cannot."""
+    gc.collect()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.malloc_trim(0))
