@@ -259,3 +259,11 @@ def test_a_huge_post_is_cut_before_tokenising_without_changing_the_answer(classi
         classifier.tokenizer = original
     assert max(seen) == cap < len(huge)  # the 2 MB tail is never tokenised
     assert abs(probs[0] - probs[1]).max() < 1e-6
+
+
+def test_memory_is_handed_back_when_the_server_goes_idle(server):
+    before = get(server, "/v1/stats")[1]["heap_trims"]
+    status, _, _ = post(server, "/v1/classify", json.dumps({"input": ["Profit rose ."] * 200}).encode())
+    assert status == 200
+    time.sleep(3)  # idle for longer than the batcher's idle_trim_s (2 s)
+    assert get(server, "/v1/stats")[1]["heap_trims"] > before

@@ -187,7 +187,7 @@ def create_app(classifier, model_id: str, *, max_batch: int = 64, max_wait_ms: f
     @app.get("/v1/stats")
     async def get_stats():
         return {"chat_requests": stats["chat_requests"], "classify_requests": stats["classify_requests"],
-                "batches": batcher.batches, "largest_batch": batcher.largest_batch,
+                "batches": batcher.batches, "largest_batch": batcher.largest_batch, "heap_trims": batcher.trims,
                 "batches_created": len(batch_api.batches),
                 "faults": dict(stats["faults"]), "per_text": dict(stats["per_text"])}
 

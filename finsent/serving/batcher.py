@@ -5,9 +5,9 @@ texts in a worker thread. A large request is cut into pieces: each batch takes t
 waiting request in turn (round robin), so a one-line chat that arrives behind a 10,000-input
 classify rides in the next batch instead of waiting for all 10,000.
 
-When the queue runs dry after a burst, freed heap memory is handed back to the OS (glibc's
-``malloc_trim``): the model runtime's buffers for many batch shapes otherwise keep the process at its
-peak RSS long after the load is gone.
+When the server has been idle for ``idle_trim_s`` after work, freed heap memory is handed back to
+the OS (``gc.collect`` and glibc's ``malloc_trim``): the buffers of a burst (batch shapes, a big
+request's JSON) otherwise keep the process at its peak RSS long after the load is gone.
 """
 from __future__ import annotations
 
@@ -48,13 +48,14 @@ class _Job:
 
 class MicroBatcher:
     def __init__(self, predict: Callable[[list[str]], np.ndarray], max_batch: int = 64, max_wait_ms: float = 5.0,
-                 trim_after: int = 1024):
+                 idle_trim_s: float = 2.0):
         self.predict, self.max_batch, self.max_wait = predict, max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.batches = 0
         self.largest_batch = 0
-        self.trim_after = trim_after      # texts run since the last trim that make an idle moment trim
-        self._since_trim = 0
+        self.trims = 0
+        self.idle_trim_s = idle_trim_s    # idle this long after work: give memory back
+        self._since_trim = 0              # texts run since the last trim
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -90,11 +91,15 @@ class MicroBatcher:
     async def _run(self) -> None:
         active: deque[_Job] = deque()
         while True:
-            if not active and self.queue.empty() and self._since_trim >= self.trim_after:
-                self._since_trim = 0
-                await asyncio.to_thread(release_heap)  # idle after a burst: give memory back
             if not active:
-                active.append(await self.queue.get())
+                try:
+                    first = await asyncio.wait_for(self.queue.get(), self.idle_trim_s if self._since_trim else None)
+                except asyncio.TimeoutError:  # idle after work (responses sent by now): give memory back
+                    self._since_trim = 0
+                    self.trims += 1
+                    await asyncio.to_thread(release_heap)
+                    continue
+                active.append(first)
                 deadline = time.monotonic() + self.max_wait
                 while sum(job.left for job in active) < self.max_batch:  # wait a little for company
                     try:
