@@ -98,14 +98,15 @@ def _predict(args) -> int:
 
     from finsent.core.runtime import set_threads
     from finsent.inference.classifiers import load_classifier
-    from finsent.inference.stream import predict_file
+    from finsent.inference.stream import check_targets, predict_file
 
     if args.model.startswith("models/") and not Path(args.model).exists():  # a pipeline output not built yet
         raise SystemExit(f"finsent predict: {args.model} does not exist; build it with `dvc repro` "
                          f"(or `dvc pull`), or name another model with --model")
-    if Path(args.output).resolve() == Path(args.input).resolve():  # before the model load
-        raise SystemExit(f"finsent predict: -o {args.output} is the input file; writing it would destroy the "
-                         f"posts. Choose another path")
+    try:
+        check_targets(args.input, args.output, args.rejects)  # before the slow model load
+    except ValueError as exc:
+        raise SystemExit(f"finsent predict: {exc}") from None
     set_threads(args.threads)
     classifier = load_classifier(args.model, args.kind, args.base, batch_size=args.batch_size,
                                  max_length=args.max_length, dtype=args.dtype)

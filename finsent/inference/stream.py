@@ -232,6 +232,16 @@ def rejects_path_for(output: str | Path) -> Path:
     return output.with_name(f"{stem}.rejects.csv")
 
 
+def check_targets(input_path: str | Path, output_path: str | Path, rejects_path: str | Path | None = None) -> Path:
+    """The rejects file's path; refuses an output or rejects file that is the input itself."""
+    rejects = Path(rejects_path) if rejects_path else rejects_path_for(output_path)
+    for target, flag in ((Path(output_path), "-o/--output"), (rejects, "--rejects")):
+        if target.resolve() == Path(input_path).resolve():
+            raise ValueError(f"{target}: {flag} is the input file; writing it would destroy the posts. "
+                             f"Choose another path")
+    return rejects
+
+
 def _rss_mb() -> float:
     try:
         with open("/proc/self/statm") as fh:
@@ -259,11 +269,7 @@ def predict_file(classifier, input_path: str | Path, output_path: str | Path, *,
     """Classify every row of ``input_path`` into ``output_path``; returns the run's summary.
     ``keep_columns``: input columns copied to the output (None: all of them)."""
     fmt_in, fmt_out = file_format(input_path, input_format), file_format(output_path, output_format)
-    rejects_path = Path(rejects_path) if rejects_path else rejects_path_for(output_path)
-    for target, flag in ((Path(output_path), "-o/--output"), (rejects_path, "--rejects")):
-        if target.resolve() == Path(input_path).resolve():
-            raise ValueError(f"{target}: {flag} is the input file; writing it would destroy the posts. "
-                             f"Choose another path")
+    rejects_path = check_targets(input_path, output_path, rejects_path)
     model_id = model_id or getattr(classifier, "model_id", "model")
     if hasattr(classifier, "progress"):
         classifier.progress = False  # one bar for the whole file instead of one per chunk

@@ -146,6 +146,13 @@ def create_app(classifier, model_id: str, *, max_batch: int = 64, max_wait_ms: f
             return error_response(401, "invalid API key", "invalid_request_error", "invalid_api_key")
         return await call_next(request)
 
+    def unknown_model(requested: str | None) -> dict[str, Any] | None:
+        """The 404 body for a request naming another model (None names this one)."""
+        if requested in (None, model_id):
+            return None
+        return error_body(f"The model `{requested}` does not exist; this server has `{model_id}`",
+                          "invalid_request_error", "model_not_found")
+
     async def answer(body: Any, inject: bool = True):
         """(HTTP status, JSON body) for one chat request: the endpoint's and each Batch API line's."""
         try:
@@ -153,9 +160,8 @@ def create_app(classifier, model_id: str, *, max_batch: int = 64, max_wait_ms: f
         except ValidationError as exc:
             message, param = validation_message(list(exc.errors()))
             return 400, error_body(message, "invalid_request_error", "invalid_request", param)
-        if request.model not in (None, model_id):
-            return 404, error_body(f"The model `{request.model}` does not exist; this server has `{model_id}`",
-                                   "invalid_request_error", "model_not_found")
+        if (missing := unknown_model(request.model)) is not None:
+            return 404, missing
         try:
             text = last_user_text(request.messages)
         except ValueError as exc:
@@ -210,9 +216,8 @@ def create_app(classifier, model_id: str, *, max_batch: int = 64, max_wait_ms: f
             return error_response(400, f"input holds {len(texts):,} texts; the limit is {limits.max_inputs:,} per "
                                        f"request (send several requests, or use `finsent predict` for files)",
                                   "invalid_request_error", "too_many_inputs", param="input")
-        if body.model not in (None, model_id):
-            return error_response(404, f"The model `{body.model}` does not exist; this server has `{model_id}`",
-                                  "invalid_request_error", "model_not_found", param="model")
+        if (missing := unknown_model(body.model)) is not None:
+            return JSONResponse(missing, status_code=404)
         stats["classify_requests"] += 1
         probs = await batcher.submit(texts) if texts else np.zeros((0, len(LABELS)))
         return {"object": "list", "model": model_id, "data": [
