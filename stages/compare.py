@@ -1,5 +1,7 @@
 """Stage compare: candidate teachers zero-shot on a gold sample; the best by `compare.metric`.
 
+`--workflow forum` runs params.yaml `workflows.forum.compare` instead (outputs under metrics/forum/).
+
 The gold sample is drawn from `compare.gold` (the tweets' *validation* split by default: choosing a
 teacher is model choice, so the frozen test sets stay out of it). OpenAI-compatible candidates
 share the label stage's answer cache, so a re-run pays for nothing twice. Writes
@@ -14,36 +16,43 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import METRICS_DIR  # noqa: E402
+from finsent.core.paths import workflow_metrics_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--metrics-dir", default=str(METRICS_DIR))
+    ap.add_argument("--workflow", default=None, help="a key of params.yaml `workflows` (default: the top level)")
+    ap.add_argument("--metrics-dir", default=None, help="default: metrics/ (metrics/<workflow>/)")
     args = ap.parse_args(argv)
     params = load_params(args.params)  # validated before anything heavy is imported
+    try:
+        flow = params.workflow(args.workflow)
+    except ValueError as exc:
+        raise SystemExit(f"compare: {exc}") from None
 
     from finsent.core.io import write_json
+    from finsent.core.labelset import LABELS
     from finsent.data.splits import load_split, sample_rows
     from finsent.evaluation.plots import model_comparison_figure
     from finsent.teachers.cache import LabelCache
     from finsent.teachers.compare import compare, compare_markdown
     from finsent.teachers.cost import write_ledger
 
-    cfg = params.compare
+    cfg, label = flow.compare, flow.label
     sample = sample_rows(load_split(cfg.gold.split, cfg.gold.part), cfg.gold.n, params.seed)
-    cache = LabelCache.in_dir(params.label.cache_dir)
+    cache = LabelCache.in_dir(label.cache_dir)
     try:
         result = compare(cfg.candidates, sample["text"].tolist(), sample["label"].tolist(), cache,
-                         params.label.prices, metric=cfg.metric)
+                         label.prices, metric=cfg.metric, resamples=cfg.bootstrap_resamples, seed=params.seed)
     except RuntimeError as exc:
         raise SystemExit(str(exc)) from None
     finally:
-        write_ledger(cache, params.label.cache_dir)  # OpenAI candidates spend too
+        write_ledger(cache, label.cache_dir)  # OpenAI candidates spend too
         cache.close()
-    result["gold"] = {**cfg.gold.model_dump(), "n": len(sample)}
-    out = Path(args.metrics_dir)
+    result["gold"] = {**cfg.gold.model_dump(), "n": len(sample),
+                      "labels": {lab: int((sample["label"] == lab).sum()) for lab in LABELS}}
+    out = Path(args.metrics_dir or workflow_metrics_dir(args.workflow))
     write_json(result, out / "compare.json")
     (out / "compare.md").write_text(compare_markdown(result), encoding="utf-8")
     ran = {k: {"gold": v} for k, v in result["candidates"].items() if v["status"] == "ran"}

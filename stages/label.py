@@ -7,6 +7,11 @@ labelled rows), data/labelled/quarantine.csv (answers outside the label set, and
 failed after every retry, with the reason), metrics/label.json and metrics/label_coverage.csv.
 The answer cache and the cost ledger live in `label.cache_dir` (outside DVC's outputs, kept across runs).
 The logic is finsent.teachers.labelling.label_pool.
+
+`--workflow forum` runs params.yaml `workflows.forum.label` (outputs under data/labelled_forum/ and
+metrics/forum/). There `teacher: best` takes the candidate the workflow's compare stage named in its
+compare.json, so a new winner relabels the pool; a pool without gold labels is labelled all the same,
+and the teacher's label shares are put next to the humans' on the compare sample.
 """
 from __future__ import annotations
 
@@ -17,45 +22,60 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import LABELLED_DIR, METRICS_DIR  # noqa: E402
+from finsent.core.paths import workflow_labelled_dir, workflow_metrics_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out-dir", default=str(LABELLED_DIR))
-    ap.add_argument("--metrics-dir", default=str(METRICS_DIR))
+    ap.add_argument("--workflow", default=None, help="a key of params.yaml `workflows` (default: the top level)")
+    ap.add_argument("--out-dir", default=None, help="default: data/labelled/ (data/labelled_<workflow>/)")
+    ap.add_argument("--metrics-dir", default=None, help="default: metrics/ (metrics/<workflow>/)")
     args = ap.parse_args(argv)
     params = load_params(args.params)  # validated before anything heavy is imported
+    try:
+        flow = params.workflow(args.workflow)
+    except ValueError as exc:
+        raise SystemExit(f"label: {exc}") from None
+    metrics_dir = Path(args.metrics_dir or workflow_metrics_dir(args.workflow))
 
     from finsent.core.io import write_csv, write_json
     from finsent.data.splits import load_split
     from finsent.teachers.answers import BatchPending, TeacherUnavailable
     from finsent.teachers.cache import LabelCache
     from finsent.teachers.factory import make_teacher
-    from finsent.teachers.labelling import BudgetExceeded, draw_pool, label_pool
+    from finsent.teachers.labelling import BudgetExceeded, best_teacher_spec, draw_pool, label_pool
 
-    cfg = params.label
+    cfg = flow.label
     pool = draw_pool(load_split(cfg.pool.split, cfg.pool.part), cfg.pool.n, params.seed)
+    name, spec, reference = cfg.teacher, getattr(cfg, cfg.teacher, None), None
+    if cfg.teacher == "best":
+        try:
+            name, spec, reference = best_teacher_spec(metrics_dir / "compare.json", flow.compare)
+        except ValueError as exc:
+            raise SystemExit(f"label: {exc}") from None
+        print(f"label: teacher 'best' is {name} ({spec.teacher}), as compare named it")
     try:
-        teacher = make_teacher(cfg.teacher, getattr(cfg, cfg.teacher, None), cfg.prices, pool["label"].tolist())
+        teacher = make_teacher(getattr(spec, "teacher", name), spec, cfg.prices, pool["label"].tolist())
     except TeacherUnavailable as exc:
-        raise SystemExit(f"label: teacher '{cfg.teacher}' cannot run: {exc}") from None
+        raise SystemExit(f"label: teacher '{name}' cannot run: {exc}") from None
     cache = LabelCache.in_dir(cfg.cache_dir)
     try:
-        run = label_pool(teacher, cfg.teacher, pool, cache, cache_dir=cfg.cache_dir, max_cost_usd=cfg.max_cost_usd)
+        run = label_pool(teacher, name, pool, cache, cache_dir=cfg.cache_dir, max_cost_usd=cfg.max_cost_usd,
+                         reference_labels=reference)
     except (BatchPending, BudgetExceeded, TeacherUnavailable) as exc:
         raise SystemExit(f"label: {exc}") from None
     finally:
         cache.close()
 
-    out = Path(args.out_dir)
+    out = Path(args.out_dir or workflow_labelled_dir(args.workflow))
     write_csv(run.labelled, out / "pool.csv")
     write_csv(run.quarantine, out / "quarantine.csv")
-    write_json(run.summary, Path(args.metrics_dir) / "label.json")
-    write_csv(run.coverage, Path(args.metrics_dir) / "label_coverage.csv")
+    write_json(run.summary, metrics_dir / "label.json")
+    write_csv(run.coverage, metrics_dir / "label_coverage.csv")
     s = run.summary
-    print(f"label: {s['labelled']} labelled, {s['quarantined']} quarantined, {s['failed']} failed; "
+    print(f"label: {s['labelled']} labelled, {s['quarantined']} quarantined, {s['missing']} missing, "
+          f"{s['failed']} failed; "
           f"{s['cache_hits']} from the cache; ${s['cost_usd']:.4f} this run (ledger: {run.ledger})")
     return 0
 

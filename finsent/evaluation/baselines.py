@@ -25,16 +25,19 @@ class MajorityClassifier:
 
 
 class TfidfLogReg:
-    """Word 1-2-gram TF-IDF (sublinear tf) + multinomial logistic regression."""
+    """TF-IDF (sublinear tf; word 1-2-grams by default, or char_wb n-grams for morphology-rich text such as
+    German) + multinomial logistic regression, optionally class-balanced."""
 
-    def __init__(self, C: float = 4.0, ngram_max: int = 2, min_df: int = 1, seed: int = 42):
+    def __init__(self, C: float = 4.0, ngram_range: tuple[int, int] = (1, 2), min_df: int = 1, seed: int = 42,
+                 analyzer: str = "word", class_weight: str | None = None):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
 
         self.pipeline = make_pipeline(
-            TfidfVectorizer(ngram_range=(1, ngram_max), min_df=min_df, sublinear_tf=True, lowercase=True),
-            LogisticRegression(C=C, max_iter=2000, random_state=seed),
+            TfidfVectorizer(analyzer=analyzer, ngram_range=tuple(ngram_range), min_df=min_df, sublinear_tf=True,
+                            lowercase=True),
+            LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight=class_weight),
         )
 
     def fit(self, texts: Sequence[str], labels: Sequence[str]) -> "TfidfLogReg":

@@ -6,8 +6,13 @@ Models come from params.yaml ``evaluate.models``; each has a ``kind``:
 - ``encoder``: a sequence classifier directory or model reference (the fine-tuned model), in
   PyTorch at ``dtype`` (float32 unless given);
 - ``onnx``: an ONNX Runtime export of it (the export stage's fp32 and int8 directories);
+- ``embedding_head``: a frozen-feature student directory (finsent.inference.embedding_head);
 - ``predictions``: a directory of ``<test split>.csv`` files with p_<label> columns written by
-  another stage (for models too costly to run here).
+  another stage (for models too costly to run here);
+- ``recorded``: answers a model gave earlier, replayed from files (finsent.teachers.recorded): the
+  forum seed's GPT and Hugging Face models, and its own fine-tuned model. Every test post must have
+  a valid recorded answer (else an error names how many do not).
+Every model and test set gets a seeded bootstrap 95% interval for accuracy and macro-F1.
 Test sets are ``split`` test parts, optionally filtered (``min_agreement`` for FPB's AllAgree).
 A model with ``reference: <model>`` is another way to run that model (a lower precision, another
 runtime): :func:`backend_report` puts its macro-F1 change and label agreement next to the reference's.
@@ -21,10 +26,11 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from finsent.core.schema import EncoderModel, EvalModel, TestSetSpec, ZeroShotModel
+from finsent.core.schema import EncoderModel, EvalModel, RecordedModel, TestSetSpec, ZeroShotModel
 from finsent.data.splits import test_rows
 from finsent.evaluation.baselines import MajorityClassifier, TfidfLogReg
-from finsent.evaluation.metrics import PROB_COLUMNS, agreement, compute_metrics, headline, prediction_frame, test_names
+from finsent.evaluation.metrics import (PROB_COLUMNS, agreement, bootstrap_intervals, compute_metrics, headline,
+                                        prediction_frame, test_names)
 
 @dataclass
 class TestSet:
@@ -70,7 +76,10 @@ def build_model(name: str, spec: EvalModel, train_df: pd.DataFrame, seed: int):
     if spec.kind == "majority":
         return MajorityClassifier().fit(train_df["text"], train_df["label"])
     if spec.kind == "tfidf":
-        return TfidfLogReg(C=spec.C, seed=seed).fit(train_df["text"], train_df["label"])
+        return TfidfLogReg(C=spec.C, seed=seed, analyzer=spec.analyzer, ngram_range=spec.ngram_range,
+                           class_weight=spec.class_weight).fit(train_df["text"], train_df["label"])
+    if isinstance(spec, RecordedModel):
+        return RecordedPredictions(spec)
     if isinstance(spec, EncoderModel):  # encoder / onnx: the loader `finsent predict` and `finsent serve` use
         from finsent.inference.classifiers import load_classifier
         return load_classifier(spec.model, spec.kind, batch_size=spec.batch_size, max_length=spec.max_length,
@@ -99,14 +108,34 @@ class PrecomputedPredictions:
         return pred.loc[frame["id"], PROB_COLUMNS].to_numpy()
 
 
+class RecordedPredictions:
+    """A recorded model as an evaluated model: its answer per test post, as one-hot probabilities."""
+
+    def __init__(self, spec: RecordedModel):
+        from finsent.teachers.recorded import RecordedTeacher
+
+        self.teacher = RecordedTeacher(spec)
+
+    def predict_frame(self, split: str, frame: pd.DataFrame) -> np.ndarray:
+        from finsent.core.labelset import LABELS
+
+        answers = self.teacher.label(frame["text"].tolist(), None)
+        bad = [(i, a) for i, a in zip(frame["id"], answers) if a.label is None]
+        if bad:
+            raise ValueError(f"recorded model {self.teacher.model}: {len(bad)} of {len(frame)} '{split}' test posts "
+                             f"have no valid answer in {self.teacher.files} (first: {bad[0][0]}: {bad[0][1].reason}); "
+                             f"score it only on test sets it answered (evaluate.models.<name>.test_sets)")
+        return np.array([[float(a.label == lab) for lab in LABELS] for a in answers])
+
+
 def predict(model, split: str, frame: pd.DataFrame) -> np.ndarray:
-    if isinstance(model, PrecomputedPredictions):
+    if isinstance(model, (PrecomputedPredictions, RecordedPredictions)):
         return model.predict_frame(split, frame)
     return model.predict_proba(frame["text"].tolist())
 
 
 def evaluate_all(models: Mapping[str, EvalModel], test_sets: list[TestSet], train_df: pd.DataFrame,
-                 *, max_rows: int | None = None, seed: int = 42, log=print):
+                 *, max_rows: int | None = None, seed: int = 42, resamples: int = 1000, log=print):
     """Returns (results[model][test_set] -> full metrics, predictions[model][split] -> frame,
     labels[model][test_set] -> frame of actual / predicted labels)."""
     frames = load_test_frames(test_sets, max_rows, seed)
@@ -121,20 +150,27 @@ def evaluate_all(models: Mapping[str, EvalModel], test_sets: list[TestSet], trai
         results[name], pairs[name] = {}, {}
         for ts in mine:
             pred = subset(predictions[name][ts.split].assign(agreement=frames[ts.split]["agreement"].to_numpy()), ts)
-            results[name][ts.name] = compute_metrics(pred["label"], pred["pred"])
+            results[name][ts.name] = {**compute_metrics(pred["label"], pred["pred"]),
+                                      **bootstrap_intervals(pred["label"], pred["pred"], resamples, seed)}
             pairs[name][ts.name] = pred[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"})
             m = results[name][ts.name]
             log(f"{name:>18} on {ts.name:<14} n={m['n']:<5} acc {m['accuracy']:.4f}  "
-                f"macro-F1 {m['macro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}")
+                f"macro-F1 {m['macro_f1']:.4f} {m.get('macro_f1_ci', '')}  weighted-F1 {m['weighted_f1']:.4f}")
     return results, predictions, pairs
 
 
+def _cell(m: Mapping[str, Any], key: str) -> str:
+    ci = m.get(f"{key}_ci")
+    return f"{m[key]:.4f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{m[key]:.4f}"
+
+
 def summary_markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Accuracy and macro-F1 (with their bootstrap 95% intervals) and weighted-F1 per model and test set."""
     tests = test_names(results)
-    lines = ["| model | " + " | ".join(f"{t} acc | {t} macro-F1 | {t} weighted-F1" for t in tests) + " |",
-             "|---|" + "---|" * (3 * len(tests))]
+    lines = ["| model | " + " | ".join(f"{t} acc [95% CI] | {t} macro-F1 [95% CI] | {t} weighted-F1" for t in tests)
+             + " |", "|---|" + "---|" * (3 * len(tests))]
     for model, per_test in results.items():
-        cells = [f"{per_test[t]['accuracy']:.4f} | {per_test[t]['macro_f1']:.4f} | {per_test[t]['weighted_f1']:.4f}"
+        cells = [f"{_cell(per_test[t], 'accuracy')} | {_cell(per_test[t], 'macro_f1')} | {per_test[t]['weighted_f1']:.4f}"
                  if t in per_test else "— | — | —" for t in tests]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -148,10 +184,28 @@ def split_metrics(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tup
 
 
 def student_report(results: Mapping[str, Mapping[str, Mapping[str, Any]]], labels: str,
-                   label_metrics: Mapping[str, Any] | None, student: str = "encoder") -> dict[str, Any]:
-    """How much of its teacher the student keeps: student accuracy on each test set over the
-    teacher's accuracy against gold (measured by the label stage on the pool it labelled).
-    With ``train.labels: gold`` the teacher is the gold labels themselves (accuracy 1)."""
+                   label_metrics: Mapping[str, Any] | None, student: str = "encoder",
+                   teacher_model: str | None = None) -> dict[str, Any]:
+    """How much of its teacher the student keeps. With ``teacher_model`` (the teacher is an evaluated
+    model, e.g. recorded GPT answers) both are scored on the same test sets and the ratios are direct;
+    otherwise the teacher's accuracy is its agreement with gold on the pool it labelled (label stage),
+    and with ``labels: gold`` the teacher is the gold labels themselves (accuracy 1)."""
+    if teacher_model:
+        if teacher_model not in results:
+            raise ValueError(f"evaluate.teacher={teacher_model!r} is not an evaluated model")
+        per_test = {}
+        for t, m in results.get(student, {}).items():
+            ref = results[teacher_model].get(t)
+            if ref is None:
+                continue
+            per_test[t] = {"student_accuracy": m["accuracy"], "teacher_accuracy": ref["accuracy"],
+                           "student_macro_f1": m["macro_f1"], "teacher_macro_f1": ref["macro_f1"],
+                           "student_accuracy_ci": m.get("accuracy_ci"), "student_macro_f1_ci": m.get("macro_f1_ci"),
+                           "accuracy_ratio": round(m["accuracy"] / ref["accuracy"], 4) if ref["accuracy"] else None,
+                           "macro_f1_ratio": round(m["macro_f1"] / ref["macro_f1"], 4) if ref["macro_f1"] else None}
+        teacher = (label_metrics or {}).get("teacher_id", teacher_model)
+        return {"labels": labels, "teacher": teacher, "teacher_model": teacher_model, "student": student,
+                "per_test_set": per_test}
     if labels == "teacher":
         if not label_metrics or not label_metrics.get("agreement_with_gold", {}).get("n"):
             raise ValueError("train.labels=teacher but metrics/label.json has no agreement with gold; run the label stage")

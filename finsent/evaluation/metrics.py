@@ -50,8 +50,8 @@ def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, A
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar metrics worth a column in `dvc metrics show` / `dvc exp show`."""
-    keys = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "n")
-    return {k: metrics[k] for k in keys}
+    keys = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "n", "accuracy_ci", "macro_f1_ci")
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 def probs_to_labels(probs: np.ndarray) -> list[str]:
@@ -92,13 +92,45 @@ def agreement(reference: Sequence[str | None], candidate: Sequence[str | None]) 
             "cohen_kappa": round(float(kappa), 4), "confusion_matrix": m["confusion_matrix"]}
 
 
-def coverage_table(gold: Sequence[str], labels: Sequence[str | None], confidence: Sequence[float | None],
+def coverage_table(gold: Sequence[str | None], labels: Sequence[str | None], confidence: Sequence[float | None],
                    thresholds: Sequence[float] = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)) -> list[dict]:
-    """Keep only answers whose top-label confidence reaches a threshold: coverage and accuracy."""
+    """Keep only answers whose top-label confidence reaches a threshold: coverage (share of all posts kept)
+    and accuracy against gold over the kept posts that have gold (None for a pool without gold)."""
     rows = []
-    scored = [(conf, lab == g) for g, lab, conf in zip(gold, labels, confidence) if lab and conf is not None]
+    answered = [(conf, None if g is None else lab == g) for g, lab, conf in zip(gold, labels, confidence)
+                if lab and conf is not None]
     for t in thresholds:
-        kept = [ok for conf, ok in scored if conf >= t]
+        kept = [ok for conf, ok in answered if conf >= t]
+        scored = [ok for ok in kept if ok is not None]
         rows.append({"threshold": t, "coverage": round(len(kept) / max(1, len(labels)), 4),
-                     "accuracy": round(float(np.mean(kept)), 4) if kept else None, "rows": len(kept)})
+                     "accuracy": round(float(np.mean(scored)), 4) if scored else None, "rows": len(kept)})
     return rows
+
+
+def bootstrap_intervals(y_true: Sequence[str], y_pred: Sequence[str | None], resamples: int = 1000,
+                        seed: int = 42, level: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap intervals of accuracy and macro-F1: the test rows resampled with replacement
+    ``resamples`` times (seeded). A prediction outside the label set (None: no answer) counts as wrong.
+    On a small test set (the forum's 100 posts) these intervals are wide: report them with the numbers."""
+    index = {lab: i for i, lab in enumerate(LABELS)}
+    t = np.array([index[y] for y in y_true])
+    p = np.array([index.get(y, -1) if y is not None else -1 for y in y_pred])
+    n, k = len(t), len(LABELS)
+    if n == 0 or resamples <= 0:
+        return {"resamples": 0}
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    tt, pp = t[rows], p[rows]
+    correct = tt == pp
+    acc = correct.mean(axis=1)
+    f1s = []
+    for c in range(k):
+        tp = (correct & (tt == c)).sum(axis=1)
+        fp = ((pp == c) & (tt != c)).sum(axis=1)
+        fn = ((tt == c) & (pp != c)).sum(axis=1)
+        denom = 2 * tp + fp + fn
+        f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+    macro = np.mean(f1s, axis=0)
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {"resamples": int(resamples), "level": level,
+            "accuracy_ci": [_r(np.percentile(acc, lo)), _r(np.percentile(acc, hi))],
+            "macro_f1_ci": [_r(np.percentile(macro, lo)), _r(np.percentile(macro, hi))]}

@@ -32,7 +32,7 @@ from finsent.core.runtime import device as _device
 from finsent.core.runtime import resolve_dtype, softmax
 
 ONNX_FILE = "model.onnx"
-KINDS = ("auto", "encoder", "onnx", "llm", "causal_lm", "zeroshot")
+KINDS = ("auto", "encoder", "onnx", "llm", "causal_lm", "zeroshot", "embedding_head")
 # A post is cut at this many characters per token of max_length before tokenising: no WordPiece token
 # is longer (max_input_chars_per_word), so what the model reads is unchanged, while a megabyte post
 # costs no more to tokenise than a long one.
@@ -162,25 +162,20 @@ class OnnxClassifier(_Tokenised):
         return self.batched_by_length(texts, forward, tensors="np", desc="onnx")
 
 
-class EmbeddingZeroShot(_Tokenised):
-    """Zero-shot: cosine similarity of mean-pooled sentence embeddings to one description per label.
-
-    This is the base encoder *before* fine-tuning, so the evaluate table shows what training added.
-    """
+class MeanPooledEncoder(_Tokenised):
+    """Sentence embeddings from any transformers encoder: mean over the attention mask, L2-normalised."""
 
     def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int | None = None,
-                 temperature: float = 0.05, descriptions: dict[str, str] | None = None, device: str | None = None):
+                 device: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_model_ref(model_ref)
         self.device = _device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
-        self.batch_size, self.temperature = batch_size, temperature
+        self.batch_size = batch_size
         self.max_length = max_length_for(read_card(path), max_length)
-        self.model_id = f"{Path(path).name}:zeroshot"
-        descriptions = descriptions or LABEL_DESCRIPTIONS
-        self.prototypes = self._embed([descriptions[lab] for lab in LABELS])
+        self.path = path
 
     def _pool(self, enc: dict) -> torch.Tensor:
         enc = enc.to(self.device)
@@ -188,11 +183,26 @@ class EmbeddingZeroShot(_Tokenised):
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
 
-    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.batched_by_length(texts, lambda enc: self._pool(enc).float().cpu().numpy(), desc="embed")
 
+
+class EmbeddingZeroShot(MeanPooledEncoder):
+    """Zero-shot: cosine similarity of mean-pooled sentence embeddings to one description per label.
+
+    This is the base encoder *before* fine-tuning, so the evaluate table shows what training added.
+    """
+
+    def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int | None = None,
+                 temperature: float = 0.05, descriptions: dict[str, str] | None = None, device: str | None = None):
+        super().__init__(model_ref, batch_size=batch_size, max_length=max_length, device=device)
+        self.temperature = temperature
+        self.model_id = f"{Path(self.path).name}:zeroshot"
+        descriptions = descriptions or LABEL_DESCRIPTIONS
+        self.prototypes = self.embed([descriptions[lab] for lab in LABELS])
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return softmax((self._embed(texts) @ self.prototypes.T) / self.temperature)
+        return softmax((self.embed(texts) @ self.prototypes.T) / self.temperature)
 
 
 class LLMClassifier:
@@ -235,7 +245,10 @@ def model_name(ref: str) -> str:
 
 
 def detect_kind(path: Path) -> str:
-    """``onnx`` for an export directory, ``llm`` for a LoRA adapter, else ``encoder``."""
+    """``onnx`` for an export directory, ``llm`` for a LoRA adapter, ``embedding_head`` for a frozen-feature
+    student (its card says so), else ``encoder``."""
+    if read_card(path).get("kind") == "embedding_head":
+        return "embedding_head"
     if (path / ONNX_FILE).exists():
         return "onnx"
     if (path / "adapter_config.json").exists():
@@ -261,4 +274,7 @@ def load_classifier(ref: str, kind: str = "auto", base: str | None = None, *, ba
         return OnnxClassifier(str(path), batch_size=batch_size, max_length=max_length)
     if kind == "encoder":
         return EncoderClassifier(str(path), batch_size=batch_size, max_length=max_length, dtype=dtype)
+    if kind == "embedding_head":
+        from finsent.inference.embedding_head import EmbeddingHead
+        return EmbeddingHead.load(path, batch_size=min(batch_size, 32))
     return EmbeddingZeroShot(str(path), batch_size=batch_size, max_length=max_length)

@@ -16,6 +16,7 @@ class BatchPending(RuntimeError):
 class Answer:
     label: str | None                 # one of LABELS, or None when quarantined / failed
     status: str                       # ok | quarantined (answered outside the label set) | failed (gave up)
+                                      # | missing (a recorded teacher has no answer for the post)
     reason: str = ""
     confidence: dict[str, float] | None = None   # probability per label, where the teacher gives them
     prompt_tokens: int = 0

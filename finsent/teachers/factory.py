@@ -1,4 +1,5 @@
-"""Teachers from params: the dataset's own labels, a local model, or an OpenAI-compatible endpoint.
+"""Teachers from params: the dataset's own labels, a local model, an OpenAI-compatible endpoint, or
+answers a model gave earlier (recorded).
 
 Every teacher has ``teacher_id``, ``stats``, ``label(texts, cache) -> [Answer]`` and
 ``estimate(texts, cache)`` (the cost of the posts not yet answered; None when it costs nothing).
@@ -13,11 +14,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from finsent.core.labelset import LABELS
-from finsent.core.schema import LocalSpec, OpenAISpec, Price
+from finsent.core.schema import LocalSpec, OpenAISpec, Price, RecordedSpec
 from finsent.teachers.answers import Answer
 from finsent.teachers.cache import LabelCache
 from finsent.teachers.cost import price_of
 from finsent.teachers.openai_teacher import OpenAITeacher
+from finsent.teachers.recorded import RecordedTeacher
 
 
 class LocalTeacher:
@@ -61,9 +63,9 @@ class GoldTeacher:
         return [Answer(g, "ok", confidence={lab: float(lab == g) for lab in LABELS}) for g in self.gold]
 
 
-def make_teacher(name: str, spec: LocalSpec | OpenAISpec | None, prices: Mapping[str, Price],
+def make_teacher(name: str, spec: LocalSpec | OpenAISpec | RecordedSpec | None, prices: Mapping[str, Price],
                  gold: Sequence[str] | None = None):
-    """A teacher from params: ``gold`` (needs ``gold``), ``local`` or ``openai`` with its spec."""
+    """A teacher from params: ``gold`` (needs ``gold``), ``local``, ``openai`` or ``recorded`` with its spec."""
     if name == "gold":
         if gold is None:
             raise ValueError("the gold teacher needs the pool's gold labels")
@@ -72,4 +74,6 @@ def make_teacher(name: str, spec: LocalSpec | OpenAISpec | None, prices: Mapping
         return LocalTeacher(spec)
     if name == "openai" and isinstance(spec, OpenAISpec):
         return OpenAITeacher(spec, price=price_of(prices, spec.model))
-    raise ValueError(f"params.yaml: teacher {name!r} needs its spec (label.{name}); use gold, local or openai")
+    if name == "recorded" and isinstance(spec, RecordedSpec):
+        return RecordedTeacher(spec)
+    raise ValueError(f"params.yaml: teacher {name!r} needs its spec (label.{name}); use gold, local, openai or recorded")

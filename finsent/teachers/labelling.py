@@ -4,6 +4,7 @@ The label stage is argument parsing and file I/O around :func:`label_pool`.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from finsent.core.labelset import LABELS
+from finsent.core.schema import CompareSection
 from finsent.evaluation.metrics import agreement, coverage_table
 from finsent.teachers.answers import Answer
 from finsent.teachers.cache import LabelCache
@@ -37,6 +39,25 @@ def draw_pool(source: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     return source.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
+def best_teacher_spec(compare_json: str | Path, section: CompareSection) -> tuple[str, Any, dict[str, int]]:
+    """``label.teacher: best``: (candidate name, its spec, the gold sample's label counts) from the
+    compare stage's result file and the compare section that defines the candidates."""
+    path = Path(compare_json)
+    if not path.is_file():
+        raise ValueError(f"{path}: no compare result; run the compare stage first (dvc repro)")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    best = result.get("best")
+    if best not in section.candidates:
+        raise ValueError(f"{path}: best candidate {best!r} is not in the compare candidates "
+                         f"({', '.join(section.candidates)}); rerun compare")
+    return best, section.candidates[best], result.get("gold", {}).get("labels") or {}
+
+
+def label_shares(labels) -> dict[str, float]:
+    labels = [lab for lab in labels if lab in LABELS]
+    return {lab: round(labels.count(lab) / max(1, len(labels)), 4) for lab in LABELS}
+
+
 def answer_frame(pool: pd.DataFrame, answers: list[Answer]) -> pd.DataFrame:
     rows = []
     for (_, row), a in zip(pool.iterrows(), answers):
@@ -48,10 +69,13 @@ def answer_frame(pool: pd.DataFrame, answers: list[Answer]) -> pd.DataFrame:
 
 
 def label_pool(teacher, name: str, pool: pd.DataFrame, cache: LabelCache, *, cache_dir: str | Path,
-               max_cost_usd: float | None = None, log=print) -> LabelRun:
-    """Label ``pool`` (id, text, and gold ``label`` used only to measure the teacher) with ``teacher``."""
+               max_cost_usd: float | None = None, reference_labels: dict[str, int] | None = None,
+               log=print) -> LabelRun:
+    """Label ``pool`` (id, text, and gold ``label`` used only to measure the teacher; empty for an
+    unlabelled pool) with ``teacher``. ``reference_labels``: label counts of human gold posts (the compare
+    sample), reported next to the teacher's label shares."""
     texts = pool["text"].tolist()
-    gold = pool["label"].tolist()
+    gold = [g if g in LABELS else None for g in pool["label"].tolist()]
     write_ledger(cache, cache_dir)  # a killed earlier run's spend shows up even if this one stops early
     estimate = teacher.estimate(texts, cache)
     if estimate is not None:
@@ -74,7 +98,9 @@ def label_pool(teacher, name: str, pool: pd.DataFrame, cache: LabelCache, *, cac
         "teacher": name, "teacher_id": teacher.teacher_id, "rows": len(pool),
         "labelled": int((frame["status"] == "ok").sum()),
         "per_label": {lab: int((labelled["label"] == lab).sum()) for lab in LABELS},
+        "label_share": label_shares(labelled["label"].tolist()),
         "quarantined": int((frame["status"] == "quarantined").sum()),
+        "missing": int((frame["status"] == "missing").sum()),
         "failed": int((frame["status"] == "failed").sum()),
         "cache_hits": len(answers) - len(fresh),
         "requests": teacher.stats["requests"], "retries": teacher.stats["retries"],
@@ -84,6 +110,9 @@ def label_pool(teacher, name: str, pool: pd.DataFrame, cache: LabelCache, *, cac
         "posts_per_second": round(len(fresh) / seconds, 2) if fresh and seconds > 0 and name != "gold" else None,
         "agreement_with_gold": agreement(gold, [a.label for a in answers]),
     }
+    if reference_labels:
+        total = max(1, sum(reference_labels.values()))
+        summary["gold_sample_label_share"] = {lab: round(reference_labels.get(lab, 0) / total, 4) for lab in LABELS}
     this_run = [r for r in cache.spend_by_run() if r["run_id"] == cache.run_id]
     summary["possibly_billed_usd"] = round(sum(r["possibly_billed_usd"] for r in this_run), 6)
     coverage = pd.DataFrame(coverage_table(gold, [a.label for a in answers], [a.top_confidence for a in answers]))

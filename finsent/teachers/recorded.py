@@ -9,7 +9,8 @@ post up by its id or by its normalised text and returns that answer; it never gu
 - a text recorded twice with different answers is ``quarantined`` as ambiguous.
 Its id is ``recorded:<model>``, so every report shows that the labels were replayed, not asked for.
 
-Not yet a teacher kind in params.yaml (issue 11 wires it into the schema, the factory and compare).
+In params.yaml it is the teacher kind ``recorded`` (finsent.core.schema.RecordedSpec): a compare
+candidate, a label teacher, and an evaluated model (kind ``recorded``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from finsent.core.labelset import LABELS, normalise_label
+from finsent.core.schema import RecordedSpec
 from finsent.data.split import normalise_text
 from finsent.teachers.answers import Answer
 from finsent.teachers.cache import LabelCache
@@ -41,25 +43,30 @@ def read_answers(path: str | Path) -> pd.DataFrame:
 
 
 class RecordedTeacher:
-    """Answers of ``model`` recorded in ``path`` (column ``answer_column``), looked up by post text
-    (default) or by id."""
+    """The answers of ``spec.model`` recorded in ``spec.files`` (each a path and the answer column), looked
+    up by normalised post text (default) or by id. ``root``: where relative paths start."""
 
-    def __init__(self, model: str, path: str | Path, answer_column: str, *, key: str = "text",
-                 text_column: str = "text", id_column: str = "ID", label_map: Mapping[str, str] | None = None):
-        if key not in ("text", "id"):
-            raise ValueError(f"recorded teacher {model}: key must be text or id, not {key!r}")
-        frame = read_answers(path)
-        column = text_column if key == "text" else id_column
-        for needed in (column, answer_column):
-            if needed not in frame.columns:
-                raise ValueError(f"{path}: no column {needed!r} (columns: {list(frame.columns)}); "
-                                 f"name the recorded model's column and the {key} column")
-        self.model, self.path, self.key, self.label_map = model, str(path), key, label_map
+    def __init__(self, spec: RecordedSpec, root: str | Path = "."):
+        self.model, self.key, self.label_map = spec.model, spec.key, spec.label_map
+        self.price_per_1m_posts = spec.price_per_1m_posts_usd
         answers: dict[str, set[str]] = defaultdict(set)
-        for k, answer in zip(frame[column], frame[answer_column]):
-            answers[self._key(k)].add(answer)
+        for entry in spec.files:
+            path = Path(root) / entry.path
+            frame = read_answers(path)
+            column = spec.text_column if spec.key == "text" else spec.id_column
+            for needed in (column, entry.column):
+                if needed not in frame.columns:
+                    raise ValueError(f"{path}: no column {needed!r} (columns: {list(frame.columns)}); "
+                                     f"name the recorded model's column and the {spec.key} column")
+            for k, answer in zip(frame[column], frame[entry.column]):
+                answers[self._key(k)].add(answer)
         self.answers = dict(answers)
+        self.files = [e.path for e in spec.files]
         self.stats = {"requests": 0, "retries": 0}
+
+    @classmethod
+    def from_file(cls, model: str, path: str | Path, column: str, **spec: Any) -> "RecordedTeacher":
+        return cls(RecordedSpec(model=model, files=[{"path": str(path), "column": column}], **spec))
 
     @property
     def teacher_id(self) -> str:
@@ -83,7 +90,7 @@ class RecordedTeacher:
             return Answer(None, "quarantined", f"answer outside the label set: {raw[:80]!r}")
         return Answer(label, "ok", confidence={lab: float(lab == label) for lab in LABELS})
 
-    def label(self, texts: Sequence[str], cache: LabelCache, ids: Sequence[Any] | None = None) -> list[Answer]:
+    def label(self, texts: Sequence[str], cache: LabelCache | None, ids: Sequence[Any] | None = None) -> list[Answer]:
         """One answer per post; keyed by ``ids`` when the teacher is keyed by id."""
         if self.key == "id":
             if ids is None:
