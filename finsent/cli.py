@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.model, kind=args.kind, base=args.base, host=args.host, port=args.port, model_id=args.model_id,
               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, faults=args.faults,
               fault_seed=args.fault_seed, api_key_env=args.api_key_env, no_auth=args.no_auth, dtype=args.dtype,
-              max_length=args.max_length, threads=args.threads, limits=limits, log_level=args.log_level)
+              max_length=args.max_length, threads=args.threads, limits=limits, log_level=args.log_level,
+              label_map=args.label_map)
         return 0
     if args.command == "predict":
         return _predict(args)
@@ -89,6 +90,16 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="tokens per post; longer posts are cut (and counted). Default: the length the model was "
                         "trained at (its model card)")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch / ONNX Runtime (default: their own choice)")
+    p.add_argument("--label-map", type=_label_map, default=None, metavar="NAME=LABEL,...",
+                   help="a foreign classifier's label names -> ours, e.g. LABEL_0=negative,LABEL_1=neutral,"
+                        "LABEL_2=positive (needed unless its names are negative/neutral/positive)")
+
+
+def _label_map(text: str) -> dict[str, str]:
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: use NAME=LABEL pairs separated by commas")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def _predict(args) -> int:
@@ -108,8 +119,11 @@ def _predict(args) -> int:
     except ValueError as exc:
         raise SystemExit(f"finsent predict: {exc}") from None
     set_threads(args.threads)
-    classifier = load_classifier(args.model, args.kind, args.base, batch_size=args.batch_size,
-                                 max_length=args.max_length, dtype=args.dtype)
+    try:
+        classifier = load_classifier(args.model, args.kind, args.base, batch_size=args.batch_size,
+                                     max_length=args.max_length, dtype=args.dtype, label_map=args.label_map)
+    except ValueError as exc:  # a label map that is missing or incomplete: one line with the fix
+        raise SystemExit(f"finsent predict: {exc}") from None
     keep = None if args.keep_columns is None else [c.strip() for c in args.keep_columns.split(",") if c.strip()]
     try:
         summary = predict_file(classifier, args.input, args.output, text_column=args.text_column, keep_columns=keep,

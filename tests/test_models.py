@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from finsent.core.refs import resolve_model_ref
-from finsent.inference.classifiers import EmbeddingZeroShot, EncoderClassifier, label_order
+from finsent.inference.classifiers import EmbeddingZeroShot, EncoderClassifier, label_matrix, load_classifier
 
 from .conftest import MINILM
 
@@ -21,11 +21,39 @@ def test_model_refs(tmp_path):
         resolve_model_ref("./missing/dir")
 
 
-def test_label_order_maps_hub_label_orders():
-    assert label_order({0: "positive", 1: "negative", 2: "neutral"}) == [1, 2, 0]  # ProsusAI/finbert
-    assert label_order({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}) == [0, 1, 2]
-    with pytest.raises(ValueError):
-        label_order({0: "a", 1: "b"})
+def test_label_matrix_maps_hub_orders_and_never_guesses():
+    finbert = label_matrix({0: "positive", 1: "negative", 2: "neutral"})       # ProsusAI/finbert's order
+    assert (np.array([[0.7, 0.2, 0.1]]) @ finbert).tolist() == [[0.2, 0.1, 0.7]]
+    with pytest.raises(ValueError, match="explicit label_map"):             # LABEL_0..2: no assumed order
+        label_matrix({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"})
+    generic = label_matrix({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"},
+                           {"LABEL_0": "positive", "LABEL_1": "neutral", "LABEL_2": "negative"})
+    assert (np.array([[0.6, 0.3, 0.1]]) @ generic).tolist() == [[0.1, 0.3, 0.6]]
+    bullish = label_matrix({0: "Bearish", 1: "Bullish"}, {"bearish": "negative", "bullish": "positive"})
+    assert (np.array([[0.25, 0.75]]) @ bullish).tolist() == [[0.25, 0.0, 0.75]]   # 2 classes: neutral gets 0
+    stars = label_matrix({i: f"{i + 1} stars" for i in range(5)}, {"1 stars": "negative", "2 stars": "negative",
+                         "3 stars": "neutral", "4 stars": "positive", "5 stars": "positive"})
+    assert np.allclose(np.array([[0.1, 0.2, 0.3, 0.2, 0.2]]) @ stars, [[0.3, 0.3, 0.4]])   # folded, summed
+    with pytest.raises(ValueError, match="'Bullish' .* maps to None"):
+        label_matrix({0: "Bearish", 1: "Bullish"}, {"Bearish": "negative"})
+
+
+def test_a_hub_style_classifier_needs_its_label_map(tmp_path):
+    """A saved classifier with generic LABEL_0..2 names (as many hub models are): refused without a map,
+    mapped exactly with one (here the reverse of our order), through the same loader predict and serve use."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model_ref(MINILM)
+    AutoModelForSequenceClassification.from_pretrained(path, num_labels=3).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(path).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="explicit label_map"):
+        load_classifier(str(tmp_path), "encoder")
+    texts = ["Profit rose sharply .", "Sales fell ."]
+    raw = EncoderClassifier(str(tmp_path), label_map={"LABEL_0": "negative", "LABEL_1": "neutral",
+                                                      "LABEL_2": "positive"}).predict_proba(texts)
+    reversed_ = load_classifier(str(tmp_path), "encoder", dtype="float32", label_map={"0": "positive", "1": "neutral",
+                                                                                      "2": "negative"}).predict_proba(texts)
+    np.testing.assert_allclose(reversed_, raw[:, ::-1], atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,7 @@ def test_encoder_is_served_at_the_length_it_was_trained_at(finetuned, tmp_path):
     assert load_classifier(str(tmp_path / "fp32")).max_length == 64
     # The card's label order decides the columns, whatever the config says.
     write_card(tmp_path / "fp32", **{**onnx, "labels": ["positive", "negative", "neutral"]})
-    assert load_classifier(str(tmp_path / "fp32")).columns == [1, 2, 0]
+    assert load_classifier(str(tmp_path / "fp32")).to_labels.argmax(axis=1).tolist() == [2, 0, 1]
 
 
 def test_predict_with_an_adapter_from_any_directory(tmp_path, fpb, root):

@@ -37,6 +37,22 @@ class Section(BaseModel):
         return data
 
 
+class LabelMapped(Section):
+    """A section with a ``label_map`` (raw label or model label name -> ours): keys are text, as YAML
+    reads ``0:`` as an int."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _map_keys_as_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("label_map"), dict):
+            data = {**data, "label_map": {str(k): v for k, v in data["label_map"].items()}}
+        return data
+
+
+LABEL_MAP_HELP = ("a foreign classifier's label names (or output ids) -> negative/neutral/positive; required "
+                  "unless its names are ours (LABEL_0..2, Bullish/Bearish, 2 or 5 classes are never guessed)")
+
+
 # ---- convert ---------------------------------------------------------------------------------------
 
 class RawFile(Section):
@@ -47,7 +63,7 @@ class RawFile(Section):
                                              "its label column, if any, is not read")
 
 
-class Dataset(Section):
+class Dataset(LabelMapped):
     format: Literal["phrasebank", "csv", "parquet", "jsonl", "pickle"] = Field(description="how the raw files are read")
     encoding: str | None = Field(None, description="text encoding (default latin-1 for phrasebank, else utf-8)")
     source: str | None = Field(None, description="provenance written to every row (default: the dataset name)")
@@ -58,13 +74,6 @@ class Dataset(Section):
                                          description="raw column -> output column carried through convert and "
                                                      "split (e.g. {ID: post_id, company: company})")
     files: list[RawFile] = Field(min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _map_keys_as_text(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("label_map"), dict):  # YAML reads 0: as an int
-            data = {**data, "label_map": {str(k): v for k, v in data["label_map"].items()}}
-        return data
 
 
 # ---- split -----------------------------------------------------------------------------------------
@@ -185,12 +194,13 @@ class ZeroShotModel(_EvalModel):
     max_length: int | None = Field(None, description="override; default: the model's card (or the fallback)")
 
 
-class EncoderModel(_EvalModel):
+class EncoderModel(_EvalModel, LabelMapped):
     kind: Literal["encoder", "onnx", "embedding_head"]
     model: str
     dtype: Dtype = "float32"
     batch_size: int = 64
     max_length: int | None = Field(None, description="override; default: the model's card")
+    label_map: dict[str, str] | None = Field(None, description=LABEL_MAP_HELP)
 
 
 class PredictionsModel(_EvalModel):
@@ -203,7 +213,7 @@ class RecordedFile(Section):
     column: str = Field(description="the column holding the model's answers")
 
 
-class RecordedSpec(Section):
+class RecordedSpec(LabelMapped):
     """Answers a model gave earlier, replayed from files (real LLM labels, offline; costs nothing)."""
 
     model: str = Field(description="the model that gave the answers (reports show recorded:<model>)")
@@ -215,13 +225,6 @@ class RecordedSpec(Section):
                                                                "LABEL_0..2, Bullish/Bearish, 0/1/2 ...)")
     price_per_1m_posts_usd: float | None = Field(None, description="what the answers cost when they were "
                                                                    "bought (null: unknown)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _map_keys_as_text(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("label_map"), dict):  # YAML reads 0: as an int
-            data = {**data, "label_map": {str(k): v for k, v in data["label_map"].items()}}
-        return data
 
 
 class RecordedModel(RecordedSpec, _EvalModel):
@@ -328,11 +331,12 @@ class OpenAISpec(Section):
     batch_timeout_s: float = 3600.0
 
 
-class LocalSpec(Section):
+class LocalSpec(LabelMapped):
     """A model the project can load (finsent.inference.classifiers.load_classifier) as a teacher."""
 
     model: str
-    kind: Literal["auto", "encoder", "onnx", "llm", "causal_lm", "zeroshot"] = "auto"
+    kind: Literal["auto", "encoder", "onnx", "llm", "causal_lm", "zeroshot", "embedding_head"] = "auto"
+    label_map: dict[str, str] | None = Field(None, description=LABEL_MAP_HELP)
 
 
 class Sample(Section):

@@ -83,7 +83,7 @@ def build_model(name: str, spec: EvalModel, train_df: pd.DataFrame, seed: int):
     if isinstance(spec, EncoderModel):  # encoder / onnx: the loader `finsent predict` and `finsent serve` use
         from finsent.inference.classifiers import load_classifier
         return load_classifier(spec.model, spec.kind, batch_size=spec.batch_size, max_length=spec.max_length,
-                               dtype=spec.dtype)
+                               dtype=spec.dtype, label_map=spec.label_map)
     if isinstance(spec, ZeroShotModel):
         from finsent.inference.classifiers import EmbeddingZeroShot
         return EmbeddingZeroShot(spec.model, batch_size=spec.batch_size, max_length=spec.max_length,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,26 +44,40 @@ def max_length_for(card: dict, override: int | None) -> int:
     return int(override or card.get("max_length") or FALLBACK_MAX_LENGTH)
 
 
-def output_columns(card: dict, id2label: dict) -> list[int]:
-    """Column permutation onto LABELS: from the card's label order when the model has one, else the config's."""
+def output_matrix(card: dict, id2label: dict, label_map: Mapping[str, str] | None = None) -> np.ndarray:
+    """(model outputs x LABELS) matrix taking a model's class probabilities onto ours: from the card's label
+    order when the model has one (finsent's own models), else from the config's names through ``label_map``."""
     if card.get("labels"):
-        return label_order(dict(enumerate(card["labels"])))
-    return label_order(id2label)
+        return label_matrix(dict(enumerate(card["labels"])))
+    return label_matrix(id2label, label_map)
 
 
-def label_order(id2label: dict) -> list[int]:
-    """Column permutation mapping a model's output ids onto ``LABELS``.
-
-    Hub models order their labels differently (ProsusAI/finbert: positive, negative, neutral);
-    generic names (LABEL_0..2) are taken to be in finsent's order.
-    """
-    names = {int(i): str(n).lower() for i, n in id2label.items()}
-    if set(names.values()) == set(LABELS):
-        inverse = {n: i for i, n in names.items()}
-        return [inverse[lab] for lab in LABELS]
-    if len(names) == len(LABELS):
-        return list(range(len(LABELS)))
-    raise ValueError(f"model labels {sorted(names.values())} cannot be mapped onto {list(LABELS)}")
+def label_matrix(id2label: dict, label_map: Mapping[str, str] | None = None) -> np.ndarray:
+    """How a classifier's outputs map onto ``LABELS``, as a 0/1 matrix (outputs x 3): probabilities are
+    ``probs @ matrix``. Names equal to ours (any order or case, e.g. ProsusAI/finbert's positive, negative,
+    neutral) map directly. Anything else needs an explicit ``label_map`` from the model's label names (or
+    output ids) to ours, never an assumed order: ``{LABEL_0: negative, LABEL_1: neutral, LABEL_2: positive}``,
+    ``{Bearish: negative, Bullish: positive}`` (a 2-class model: neutral gets 0), or five star ratings
+    folded to three (their probabilities add up)."""
+    names = {int(i): str(n) for i, n in id2label.items()}
+    matrix = np.zeros((len(names), len(LABELS)))
+    if label_map is None:
+        folded = {i: n.lower() for i, n in names.items()}
+        if sorted(folded.values()) != sorted(LABELS):
+            raise ValueError(f"model labels {sorted(names.values())} are not {list(LABELS)}: give an explicit "
+                             f"label_map from its label names to ours (params.yaml ...label_map, or "
+                             f"`finsent predict --label-map`), e.g. {{{', '.join(f'{n}: ...' for n in names.values())}}}")
+        for i, n in folded.items():
+            matrix[i, LABELS.index(n)] = 1.0
+        return matrix
+    lookup = {str(k).lower(): str(v).lower() for k, v in label_map.items()}
+    for i, n in names.items():
+        target = lookup.get(n.lower(), lookup.get(str(i)))
+        if target not in LABELS:
+            raise ValueError(f"label_map: the model's label {n!r} (output {i}) maps to {target!r}; map every label "
+                             f"of {sorted(names.values())} to one of {list(LABELS)}")
+        matrix[i, LABELS.index(target)] = 1.0
+    return matrix
 
 
 class _Tokenised:
@@ -104,7 +118,7 @@ class EncoderClassifier(_Tokenised):
     """A sequence-classification model in PyTorch (the fine-tuned encoder, or any hub / local classifier)."""
 
     def __init__(self, model_ref: str, *, batch_size: int = 64, max_length: int | None = None,
-                 device: str | None = None, dtype: str = "float32"):
+                 device: str | None = None, dtype: str = "float32", label_map: Mapping[str, str] | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = resolve_model_ref(model_ref)
@@ -113,14 +127,15 @@ class EncoderClassifier(_Tokenised):
         self.dtype = resolve_dtype(dtype) or torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
-        self.columns = output_columns(card, self.model.config.id2label)
+        self.to_labels = torch.as_tensor(output_matrix(card, self.model.config.id2label, label_map),
+                                         dtype=torch.float32, device=self.device)
         self.batch_size, self.max_length = batch_size, max_length_for(card, max_length)
         self.model_id = f"{Path(path).name}:torch-{str(self.dtype).removeprefix('torch.')}"
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         def forward(enc: dict) -> np.ndarray:
             logits = self.model(**enc.to(self.device)).logits.float()
-            return torch.softmax(logits, dim=-1)[:, self.columns].cpu().numpy()
+            return (torch.softmax(logits, dim=-1) @ self.to_labels).cpu().numpy()
 
         return self.batched_by_length(texts, forward, desc="encoder")
 
@@ -130,7 +145,7 @@ class OnnxClassifier(_Tokenised):
     tokenizer and ``config.json`` (finsent.inference.export writes one per precision)."""
 
     def __init__(self, model_dir: str, *, batch_size: int = 64, max_length: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, label_map: Mapping[str, str] | None = None):
         import onnxruntime as ort
         from transformers import AutoConfig, AutoTokenizer
 
@@ -148,7 +163,7 @@ class OnnxClassifier(_Tokenised):
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         card = read_card(path)
-        self.columns = output_columns(card, AutoConfig.from_pretrained(path).id2label)
+        self.to_labels = output_matrix(card, AutoConfig.from_pretrained(path).id2label, label_map)
         # an export may pin its batch size (dynamic int8: per-batch activation ranges, see finsent.inference.export)
         self.batch_size = min(batch_size, card.get("batch_size") or batch_size)
         self.max_length = max_length_for(card, max_length)
@@ -157,7 +172,7 @@ class OnnxClassifier(_Tokenised):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         def forward(enc: dict) -> np.ndarray:
             feed = {k: np.asarray(enc[k], dtype=np.int64) for k in self.inputs}
-            return softmax(self.session.run(None, feed)[0].astype(np.float64))[:, self.columns]
+            return softmax(self.session.run(None, feed)[0].astype(np.float64)) @ self.to_labels
 
         return self.batched_by_length(texts, forward, tensors="np", desc="onnx")
 
@@ -257,10 +272,11 @@ def detect_kind(path: Path) -> str:
 
 
 def load_classifier(ref: str, kind: str = "auto", base: str | None = None, *, batch_size: int = 64,
-                    max_length: int | None = None, dtype: str = "auto"):
+                    max_length: int | None = None, dtype: str = "auto", label_map: Mapping[str, str] | None = None):
     """A model with ``predict_proba(texts) -> (n, 3)`` over LABELS and a ``model_id``, from any model
     reference. ``dtype`` applies to the PyTorch backends (``auto``: bfloat16 where native).
-    ``max_length`` and an adapter's ``base`` default to what the model's card says (finsent.core.cards)."""
+    ``max_length`` and an adapter's ``base`` default to what the model's card says (finsent.core.cards).
+    ``label_map``: a foreign classifier's label names -> ours (see :func:`label_matrix`)."""
     if kind not in KINDS:
         raise ValueError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
     if kind == "causal_lm":  # a causal LM zero-shot (hub id, directory, .gguf or pkg:// reference)
@@ -271,9 +287,10 @@ def load_classifier(ref: str, kind: str = "auto", base: str | None = None, *, ba
     if kind == "llm":
         return LLMClassifier(base or adapter_base(path), str(path), dtype=dtype, batch_size=min(batch_size, 16))
     if kind == "onnx":
-        return OnnxClassifier(str(path), batch_size=batch_size, max_length=max_length)
+        return OnnxClassifier(str(path), batch_size=batch_size, max_length=max_length, label_map=label_map)
     if kind == "encoder":
-        return EncoderClassifier(str(path), batch_size=batch_size, max_length=max_length, dtype=dtype)
+        return EncoderClassifier(str(path), batch_size=batch_size, max_length=max_length, dtype=dtype,
+                                 label_map=label_map)
     if kind == "embedding_head":
         from finsent.inference.embedding_head import EmbeddingHead
         return EmbeddingHead.load(path, batch_size=min(batch_size, 32))

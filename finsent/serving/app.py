@@ -259,8 +259,9 @@ def serve(model: str, *, kind: str = "auto", base: str | None = None, host: str 
           model_id: str | None = None, max_batch: int = 64, max_wait_ms: float = 5.0, faults: str | None = None,
           fault_seed: int = 0, api_key_env: str | None = None, no_auth: bool = False, log_level: str = "info",
           dtype: str = "auto", max_length: int | None = None, threads: int | None = None,
-          limits: Limits = Limits()) -> None:
-    """Load ``model`` and serve it with uvicorn (``max_length`` and ``base`` default to the model's card)."""
+          limits: Limits = Limits(), label_map: dict[str, str] | None = None) -> None:
+    """Load ``model`` and serve it with uvicorn (``max_length`` and ``base`` default to the model's card;
+    ``label_map``: a foreign classifier's label names -> ours)."""
     import os
     import sys
 
@@ -273,7 +274,8 @@ def serve(model: str, *, kind: str = "auto", base: str | None = None, host: str 
         print(f"finsent serve: no authentication (anyone who can reach {host}:{port} may call it)", file=sys.stderr)
     os.environ.setdefault("TQDM_DISABLE", "1")  # no per-batch progress bars in a server log
     set_threads(threads)
-    classifier = load_classifier(model, kind, base, batch_size=max_batch, max_length=max_length, dtype=dtype)
+    classifier = load_classifier(model, kind, base, batch_size=max_batch, max_length=max_length, dtype=dtype,
+                                 label_map=label_map)
     app = create_app(classifier, model_id or f"finsent-{model_name(model)}", max_batch=max_batch,
                      max_wait_ms=max_wait_ms, faults=Faults.parse(faults, fault_seed), api_key=api_key, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -29,7 +29,7 @@ class LocalTeacher:
         from finsent.inference.classifiers import load_classifier
 
         self.model, self.kind = spec.model, spec.kind
-        self.classifier = load_classifier(spec.model, spec.kind)
+        self.classifier = load_classifier(spec.model, spec.kind, label_map=spec.label_map)
         self.stats = {"requests": 0, "retries": 0}
 
     @property
