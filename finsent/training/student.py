@@ -23,7 +23,8 @@ def training_pool(labelled: pd.DataFrame, spec: StudentSection, seed: int) -> tu
     """The teacher-labelled rows the student learns from: those at least ``min_confidence`` sure (a
     teacher without confidences, e.g. recorded answers, gives 1.0), then a seeded subset of
     ``max_train_rows``. Returns the rows and what was left out, by reason."""
-    conf = pd.to_numeric(labelled.get("confidence"), errors="coerce").fillna(1.0)
+    conf = (pd.to_numeric(labelled["confidence"], errors="coerce").fillna(1.0) if "confidence" in labelled
+            else pd.Series(1.0, index=labelled.index))
     kept = labelled[conf >= spec.min_confidence]
     left_out = {"below_min_confidence": int(len(labelled) - len(kept))}
     if spec.max_train_rows is not None and len(kept) > spec.max_train_rows:
