@@ -1,7 +1,7 @@
 """Stage train_student: a named workflow's student on frozen features, trained on its teacher's labels.
 
 `python stages/train_student.py --workflow forum` reads data/labelled_forum/pool.csv (the label stage's
-teacher-labelled pool), embeds the posts with `workflows.forum.student.embedder` (cached by content
+teacher-labelled pool, each row with its teacher's id), embeds the posts with `workflows.forum.student.embedder` (cached by content
 under `label.cache_dir`), fits the head and writes models/forum_student/ (with its model card) and
 metrics/forum/train.json. The logic is finsent.training.student.train_student.
 """
@@ -28,16 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         raise SystemExit(f"train_student: {exc}") from None
 
-    import json
-
     from finsent.core.io import read_interim, write_json
     from finsent.training.student import train_student
 
     labelled = read_interim(workflow_labelled_dir(args.workflow) / "pool.csv")
-    label_metrics = json.loads((workflow_metrics_dir(args.workflow) / "label.json").read_text(encoding="utf-8"))
     out = student_dir(args.workflow)
+    teachers = sorted(set(labelled["teacher"]))  # the label stage writes its teacher's id on every row
+    if len(teachers) != 1:
+        raise SystemExit(f"train_student: {workflow_labelled_dir(args.workflow) / 'pool.csv'} has rows of "
+                         f"{len(teachers)} teachers ({teachers}); rerun the label stage")
     report = train_student(labelled, flow.student, out, seed=params.seed, cache_dir=flow.label.cache_dir,
-                           teacher=label_metrics["teacher_id"])
+                           teacher=teachers[0])
     write_json(report, workflow_metrics_dir(args.workflow) / "train.json")
     print(f"train_student {args.workflow}: {report['train_rows']} rows from {report['teacher']}, "
           f"{report['features']} features, fit to the teacher {report['train_accuracy_vs_teacher']:.3f} -> {out}")

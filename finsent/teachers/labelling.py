@@ -53,9 +53,10 @@ def best_teacher_spec(compare_json: str | Path, section: CompareSection) -> tupl
     return best, section.candidates[best], result.get("gold", {}).get("labels") or {}
 
 
-def label_shares(labels) -> dict[str, float]:
-    labels = [lab for lab in labels if lab in LABELS]
-    return {lab: round(labels.count(lab) / max(1, len(labels)), 4) for lab in LABELS}
+def label_shares(counts: dict[str, int]) -> dict[str, float]:
+    """Each label's share of ``counts`` (label -> rows), rounded for metrics."""
+    total = max(1, sum(counts.get(lab, 0) for lab in LABELS))
+    return {lab: round(counts.get(lab, 0) / total, 4) for lab in LABELS}
 
 
 def answer_frame(pool: pd.DataFrame, answers: list[Answer]) -> pd.DataFrame:
@@ -94,11 +95,11 @@ def label_pool(teacher, name: str, pool: pd.DataFrame, cache: LabelCache, *, cac
     labelled = frame[frame["status"] == "ok"].drop(columns=["status", "reason"]).assign(teacher=teacher.teacher_id)
     quarantine = frame[frame["status"] != "ok"][["id", "text", "status", "reason"]]
     fresh = [a for a in answers if not a.cached]
+    per_label = {lab: int((labelled["label"] == lab).sum()) for lab in LABELS}
     summary = {
         "teacher": name, "teacher_id": teacher.teacher_id, "rows": len(pool),
         "labelled": int((frame["status"] == "ok").sum()),
-        "per_label": {lab: int((labelled["label"] == lab).sum()) for lab in LABELS},
-        "label_share": label_shares(labelled["label"].tolist()),
+        "per_label": per_label, "label_share": label_shares(per_label),
         "quarantined": int((frame["status"] == "quarantined").sum()),
         "missing": int((frame["status"] == "missing").sum()),
         "failed": int((frame["status"] == "failed").sum()),
@@ -111,8 +112,7 @@ def label_pool(teacher, name: str, pool: pd.DataFrame, cache: LabelCache, *, cac
         "agreement_with_gold": agreement(gold, [a.label for a in answers]),
     }
     if reference_labels:
-        total = max(1, sum(reference_labels.values()))
-        summary["gold_sample_label_share"] = {lab: round(reference_labels.get(lab, 0) / total, 4) for lab in LABELS}
+        summary["gold_sample_label_share"] = label_shares(reference_labels)
     this_run = [r for r in cache.spend_by_run() if r["run_id"] == cache.run_id]
     summary["possibly_billed_usd"] = round(sum(r["possibly_billed_usd"] for r in this_run), 6)
     coverage = pd.DataFrame(coverage_table(gold, [a.label for a in answers], [a.top_confidence for a in answers]))
