@@ -14,9 +14,11 @@ install:
 repro: install
 	dvc repro
 
+test: export EXTRAS = dev,ray,s3
 test: install
 	python -m pytest $(PYTEST_ARGS)
 
+test-fast: export EXTRAS = dev,ray,s3
 test-fast: install
 	python -m pytest -m "not slow" $(PYTEST_ARGS)
 

@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-format", choices=["csv", "parquet", "jsonl"])
     p.add_argument("--summary", help="also write the run's summary (counts, posts/s, memory) to this JSON file")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("distributed (--engine ray: INPUT may be a directory or glob of shards, -o a directory)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: one process, streamed; ray: an actor pool on Ray Data (pip install 'finsent[ray]')")
+    g.add_argument("--ray-address", help="an existing Ray cluster (e.g. auto, ray://head:10001); default: start "
+                                         "a local Ray for this command")
+    g.add_argument("--workers", type=int, help="actors, one model load each (default: CPUs / --threads)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPU actors: e.g. 1 (or 0.5 to share one)")
+    g.add_argument("--rows-per-call", type=int, default=256, help="rows an actor labels per call")
     args = ap.parse_args(argv)
 
     if args.command == "serve":
@@ -103,8 +111,6 @@ def _label_map(text: str) -> dict[str, str]:
 
 
 def _predict(args) -> int:
-    import json
-    import sys
     from pathlib import Path
 
     from finsent.core.runtime import set_threads
@@ -114,6 +120,8 @@ def _predict(args) -> int:
     if args.model.startswith("models/") and not Path(args.model).exists():  # a pipeline output not built yet
         raise SystemExit(f"finsent predict: {args.model} does not exist; build it with `dvc repro` "
                          f"(or `dvc pull`), or name another model with --model")
+    if args.engine == "ray":
+        return _predict_ray(args)
     try:
         check_targets(args.input, args.output, args.rejects)  # before the slow model load
     except ValueError as exc:
@@ -132,14 +140,41 @@ def _predict(args) -> int:
                                progress=not args.no_progress)
     except (ValueError, KeyError, FileNotFoundError) as exc:  # bad input: one line naming the file and the fix
         raise SystemExit(f"finsent predict: {exc.args[0] if exc.args else exc}") from None
-    if args.summary:
+    _report(summary, args.summary)
+    return 0
+
+
+def _predict_ray(args) -> int:
+    from finsent.inference.ray_engine import predict_ray, require_ray
+
+    require_ray()  # one line with the install command, before anything slow
+    keep = None if args.keep_columns is None else [c.strip() for c in args.keep_columns.split(",") if c.strip()]
+    load = dict(kind=args.kind, base=args.base, batch_size=args.batch_size, max_length=args.max_length,
+                dtype=args.dtype, label_map=args.label_map)
+    try:
+        summary = predict_ray(args.model, args.input, args.output, load=load, text_column=args.text_column,
+                              keep_columns=keep, chunk_size=args.chunk_size, workers=args.workers,
+                              threads_per_worker=args.threads or 1, gpus_per_worker=args.gpus_per_worker,
+                              batch_size=args.rows_per_call, input_format=args.input_format,
+                              output_format=args.output_format or "parquet", model_id=args.model_id,
+                              address=args.ray_address, progress=not args.no_progress)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise SystemExit(f"finsent predict: {exc.args[0] if exc.args else exc}") from None
+    _report(summary, args.summary)
+    return 0
+
+
+def _report(summary: dict, summary_path: str | None) -> None:
+    import json
+    import sys
+
+    if summary_path:
         from finsent.core.io import write_json
-        write_json(summary, args.summary)
+        write_json(summary, summary_path)
     print(json.dumps(summary, indent=2))
     if summary["rows_rejected"]:
         print(f"predict: {summary['rows_rejected']} rows could not be classified "
               f"({summary['rejected_by_reason']}); they are listed in {summary['rejects']}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

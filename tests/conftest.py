@@ -79,3 +79,52 @@ def build_tiny_llama(out: Path, texts: list[str], layers: int = 2, hidden: int =
                       initializer_range=0.2)
     LlamaForCausalLM(cfg).save_pretrained(out)
     return Path(out)
+
+
+@pytest.fixture(scope="session")
+def fitted_dir(tmp_path_factory, fpb):
+    """The packaged MiniLM with a 3-class head fitted (logistic regression on its pooled output) to
+    450 FPB AllAgree sentences: a real classifier in seconds, saved like the train stage saves one."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from finsent.core.labelset import ID2LABEL, LABEL2ID
+    from finsent.core.refs import resolve_model_ref
+
+    out = tmp_path_factory.mktemp("fitted")
+    path = resolve_model_ref(MINILM)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, id2label=ID2LABEL,
+                                                               label2id=LABEL2ID).eval()
+    with torch.no_grad():  # the checkpoint has no pooler: make it tanh(CLS) rather than a random projection
+        model.bert.pooler.dense.weight.copy_(torch.eye(model.config.hidden_size))
+        model.bert.pooler.dense.bias.zero_()
+    rows = fpb.rows[fpb.rows["agreement"] == 1.0].groupby("label").head(150)
+    enc = tokenizer(rows["text"].tolist(), padding=True, truncation=True, max_length=96, return_tensors="pt")
+    with torch.inference_mode():
+        pooled = model.bert(**enc).pooler_output.numpy()
+    fit = LogisticRegression(C=10.0, max_iter=3000).fit(pooled, rows["label"].map(LABEL2ID))
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor(fit.coef_, dtype=torch.float32))
+        model.classifier.bias.copy_(torch.tensor(fit.intercept_, dtype=torch.float32))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(fitted_dir, tmp_path_factory):
+    """(directory, fp32 card, int8 card): ``fitted_dir`` exported to ONNX and quantized to int8."""
+    from finsent.inference.export import export_onnx, quantize_int8
+
+    out = tmp_path_factory.mktemp("onnx")
+    fp32 = export_onnx(str(fitted_dir), out / "fp32", name="fitted")
+    int8 = quantize_int8(out / "fp32", out / "int8", name="fitted")
+    return out, fp32, int8
+
+
+@pytest.fixture(scope="session")
+def posts(tweets):
+    """500 real tweets (the official valid file), of every length in it."""
+    return tweets.rows[tweets.rows["official_split"] == "test"]["text"].head(500).tolist()

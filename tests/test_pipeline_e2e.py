@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from finsent.pipeline.ci import ci_params, commit_all, run, scratch_copy
-from finsent.core.params import dump_params, load_params
+from finsent.pipeline.ci import commit_all, gate, reproduce, run
+from finsent.core.params import load_params
 from finsent.evaluation import evaluate
 
 pytestmark = pytest.mark.slow
@@ -25,11 +31,16 @@ def declared_paths(dvc_yaml: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, root):
-    repo = scratch_copy(root, tmp_path_factory.mktemp("e2e") / "repo")
-    commit_all(repo, "scratch")
-    dump_params(ci_params(root), repo / "params.yaml")
-    run(["dvc", "repro"], repo)
-    return repo
+    """A scratch copy whose first commit holds the reference params and metrics (ci/reference/), then
+    `dvc repro` of the CI configuration: the CI metric gate's run, shared by every test here."""
+    return reproduce(root, tmp_path_factory.mktemp("e2e"), with_reference=True)
+
+
+def test_metric_gate_against_the_reference(repo, root):
+    """The CI metric check (`python -m finsent.pipeline.ci check`): no model's macro-F1 on any test set fell
+    more than the tolerance below the numbers committed in ci/reference/ (diffs printed with -s)."""
+    problems = gate(root, repo)
+    assert not problems, "macro-F1 fell below the reference:\n" + "\n".join(problems)
 
 
 def test_every_declared_output_exists(repo):
@@ -168,3 +179,112 @@ def test_editing_a_module_a_stage_imports_makes_dvc_status_report_it(repo, modul
     finally:
         path.write_text(original)
     assert "up to date" in run(["dvc", "status"], repo, capture_output=True).stdout
+
+
+# ---- beyond one machine: a shared S3 remote, then multi-process training in the teammate's clone ----
+
+BUCKET = "finsent-team"
+# made per run, so that finding them in a committed file means this run wrote them there
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20),
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """An S3 server (moto) on 127.0.0.1 with an empty bucket; credentials only in the environment."""
+    import socket
+
+    boto3 = pytest.importorskip("boto3", reason="pip install 'finsent[s3]' for the remote")
+    moto_server = pytest.importorskip("moto.server", reason="pip install 'moto[server]' (the dev extra)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in CREDENTIALS.items():
+            mp.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def teammate(repo, s3_endpoint, tmp_path_factory, root):
+    """The README's team workflow: configure the remote, `dvc push`, commit; a teammate clones and `dvc pull`s."""
+    remote = ["bash", str(root / "scripts/dvc_remote.sh"), f"s3://{BUCKET}/dvc", s3_endpoint]
+    run(remote, repo, capture_output=True)
+    pushed = run(["dvc", "push"], repo, capture_output=True).stdout
+    commit_all(repo, "after dvc repro: dvc.lock, metrics and the remote")
+    clone = tmp_path_factory.mktemp("teammate") / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], clone.parent)
+    run(remote, clone, capture_output=True)  # the endpoint is the teammate's own (.dvc/config.local)
+    pulled = run(["dvc", "pull"], clone, capture_output=True).stdout
+    return clone, pushed, pulled
+
+
+def test_shared_s3_remote_push_clone_pull(repo, teammate):
+    """dvc push to S3 (moto on 127.0.0.1), fresh clone, dvc pull: nothing to rerun, the same models and
+    metrics, and no credential in any committed file."""
+    clone, pushed, pulled = teammate
+    assert "pushed" in pushed and "added" in pulled
+    assert "up to date" in run(["dvc", "status"], clone, capture_output=True).stdout
+    out = run(["dvc", "repro"], clone, capture_output=True).stdout
+    assert "Running stage" not in out
+    assert run(["dvc", "metrics", "diff", "--json", "HEAD"], clone, capture_output=True).stdout.strip() in ("{}", "")
+    for rel in ("models/encoder/model.safetensors", "models/encoder_onnx/int8/model.onnx",
+                "models/llm/adapter/adapter_model.safetensors", "models/forum_student/head.npz",
+                "data/labelled/pool.csv", "metrics/evaluate.json", "metrics/forum/evaluate.json"):
+        assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    config = (clone / ".dvc/config").read_text()
+    assert f"s3://{BUCKET}/dvc" in config and "endpointurl" not in config
+    tracked = run(["git", "ls-files"], clone, capture_output=True).stdout.split()
+    assert ".dvc/config.local" not in tracked
+    for secret in (CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"]):
+        assert not [f for f in tracked if (clone / f).is_file() and secret.encode() in (clone / f).read_bytes()]
+        assert secret not in (clone / ".dvc/config.local").read_text()
+
+
+def _two_processes(script: str, cwd) -> None:
+    """`accelerate launch` with 2 processes on CPU (torch.distributed, gloo): ACCELERATE_USE_CPU makes the
+    multi-process launcher's workers CPU ranks (`--cpu` alone starts one process in accelerate 1.x)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", script]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_two_process_training_rank0_writes_and_dvc_commits(teammate):
+    """The encoder and the LoRA stages under `accelerate launch` with 2 CPU processes (gloo), in the
+    teammate's clone: both ranks train, only rank 0 writes, the outputs are complete and `dvc commit`
+    records them. The single-process numbers of the same configuration are the clone's committed ones."""
+    clone = teammate[0]
+    single = {name: json.loads((clone / f"metrics/{name}.json").read_text()) for name in ("train", "train_llm")}
+    hp_set = yaml.safe_load((clone / "params.yaml").read_text())["llm"]["hp_set"]
+    runs = {d: set((clone / d).glob("events.out.tfevents.*")) for d in ("runs/encoder/tiny", f"runs/llm/{hp_set}")}
+    _two_processes("stages/train.py", clone)
+    train = json.loads((clone / "metrics/train.json").read_text())
+    # data parallel over 2 ranks: the same rows, each optimizer step takes a batch on each rank
+    assert train["train_rows"] == single["train"]["train_rows"]
+    assert train["steps"] == math.ceil(single["train"]["steps"] / 2)
+    assert train["val_macro_f1"] > 0.45  # far above the majority class's 0.26 on these 300 rows
+    assert {"model.safetensors", "config.json", "tokenizer.json", "finsent_model.json"} <= \
+        {p.name for p in (clone / "models/encoder").iterdir()}
+    assert len(set((clone / "runs/encoder/tiny").glob("events.out.tfevents.*")) - runs["runs/encoder/tiny"]) == 1
+    _two_processes("stages/train_llm.py", clone)
+    llm = json.loads((clone / "metrics/train_llm.json").read_text())
+    assert llm["steps"] == math.ceil(single["train_llm"]["steps"] / 2)
+    assert llm["lora_accuracy_fpb_balanced"] > llm["base_accuracy_fpb_balanced"]
+    assert (clone / "models/llm/adapter/adapter_model.safetensors").exists()
+    for directory, before in runs.items():  # one new TensorBoard run per stage: rank 0's
+        assert len(set((clone / directory).glob("events.out.tfevents.*")) - before) == 1, directory
+    run(["dvc", "commit", "--force", "train", "train_llm"], clone, capture_output=True)
+    status = json.loads(run(["dvc", "status", "--json", "train", "train_llm"], clone, capture_output=True).stdout)
+    assert status == {}
+    print(f"\n2 processes vs 1 (CI configuration): encoder val macro-F1 {train['val_macro_f1']} vs "
+          f"{single['train']['val_macro_f1']} ({train['steps']} vs {single['train']['steps']} optimizer steps); "
+          f"LoRA balanced-test accuracy {llm['lora_accuracy_fpb_balanced']} vs "
+          f"{single['train_llm']['lora_accuracy_fpb_balanced']}")

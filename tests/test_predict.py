@@ -11,68 +11,23 @@ import urllib.request
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from finsent.core.schema import EncoderModel, PredictionsModel
 from finsent.evaluation.evaluate import backend_report
 from finsent.inference.export import check_exports, export_onnx, quantize_int8
-from finsent.core.labelset import ID2LABEL, LABEL2ID, LABELS
+from finsent.core.labelset import LABELS
 from finsent.evaluation.metrics import PROB_COLUMNS
-from finsent.core.refs import resolve_model_ref
 from finsent.inference.classifiers import EncoderClassifier, OnnxClassifier, load_classifier
 from finsent.serving.app import create_app
 from finsent.serving.background import BackgroundServer
 from finsent.inference.stream import file_format, predict_file, rejects_path_for
 
-from .conftest import MINILM
 
 # Tolerances this project states for "the same labels" across backends on real posts (the pipeline's
 # own numbers for the fine-tuned encoder on the test sets are in metrics/backends.json).
 ONNX_FP32_MAX_PROB_DIFF = 1e-4   # fp32 ONNX Runtime vs PyTorch: the same computation, float rounding only
 INT8_MIN_AGREEMENT = 0.95        # dynamic int8 vs fp32: share of posts with the same label
 BF16_MIN_AGREEMENT = 0.97        # PyTorch bfloat16 vs float32
-
-
-@pytest.fixture(scope="module")
-def fitted_dir(tmp_path_factory, fpb):
-    """The packaged MiniLM with a 3-class head fitted (logistic regression on its pooled output) to
-    450 FPB AllAgree sentences: a real classifier in seconds, saved like the train stage saves one."""
-    from sklearn.linear_model import LogisticRegression
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("fitted")
-    path = resolve_model_ref(MINILM)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, id2label=ID2LABEL,
-                                                               label2id=LABEL2ID).eval()
-    with torch.no_grad():  # the checkpoint has no pooler: make it tanh(CLS) rather than a random projection
-        model.bert.pooler.dense.weight.copy_(torch.eye(model.config.hidden_size))
-        model.bert.pooler.dense.bias.zero_()
-    rows = fpb.rows[fpb.rows["agreement"] == 1.0].groupby("label").head(150)
-    enc = tokenizer(rows["text"].tolist(), padding=True, truncation=True, max_length=96, return_tensors="pt")
-    with torch.inference_mode():
-        pooled = model.bert(**enc).pooler_output.numpy()
-    fit = LogisticRegression(C=10.0, max_iter=3000).fit(pooled, rows["label"].map(LABEL2ID))
-    with torch.no_grad():
-        model.classifier.weight.copy_(torch.tensor(fit.coef_, dtype=torch.float32))
-        model.classifier.bias.copy_(torch.tensor(fit.intercept_, dtype=torch.float32))
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def exported(fitted_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx")
-    fp32 = export_onnx(str(fitted_dir), out / "fp32", name="fitted")
-    int8 = quantize_int8(out / "fp32", out / "int8", name="fitted")
-    return out, fp32, int8
-
-
-@pytest.fixture(scope="module")
-def posts(tweets):
-    """500 real tweets (the official valid file), of every length in it."""
-    return tweets.rows[tweets.rows["official_split"] == "test"]["text"].head(500).tolist()
 
 
 def test_export_writes_self_contained_model_directories(exported):

@@ -250,16 +250,62 @@ def _rss_mb() -> float:
         return float("nan")
 
 
-def output_frame(chunk: pd.DataFrame, probs: np.ndarray, keep: list[str], model_id: str) -> pd.DataFrame:
-    """The output rows of one chunk: row number, kept columns (renamed on a clash), label, probabilities, model."""
+def output_frame(chunk: pd.DataFrame, probs: np.ndarray, keep: list[str], model_id: str,
+                 files: np.ndarray | None = None) -> pd.DataFrame:
+    """The output rows of one chunk: row number, kept columns (renamed on a clash), label, probabilities, model.
+    ``files``: each row's input shard, as a leading ``file`` column (the Ray engine reads many shards)."""
     out = pd.DataFrame({"row": chunk.index.to_numpy(dtype=np.int64)})
+    reserved = OUTPUT_COLUMNS
+    if files is not None:
+        out.insert(0, "file", files)
+        reserved = ("file", *OUTPUT_COLUMNS)
     for col in keep:
-        out[f"input_{col}" if col in OUTPUT_COLUMNS else col] = chunk[col].to_numpy()
+        out[f"input_{col}" if col in reserved else col] = chunk[col].to_numpy()
     out["label"] = probs_to_labels(probs)
     for col, values in zip(PROB_COLUMNS, probs.T):
         out[col] = np.round(values, 6)
     out["model"] = model_id
     return out
+
+
+class ChunkRules:
+    """The one rule set for turning a chunk of input records into rows to classify and rejected records,
+    shared by the local engine and the Ray engine (finsent.inference.ray_engine).
+
+    ``keep`` (the input columns copied to the output) is fixed by the first non-empty chunk when not
+    given, so every chunk writes the same columns. A JSONL record need not carry every key: once the
+    text key was seen, a chunk without it holds 'missing' texts, and absent kept keys are None."""
+
+    def __init__(self, path: str | Path, fmt: str, text_column: str = "text", keep_columns: list[str] | None = None):
+        self.path, self.fmt, self.text_column, self.keep = path, fmt, text_column, keep_columns
+        self._text_seen = False
+
+    def split(self, chunk: pd.DataFrame, bad: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """(the rows whose text can be classified, every rejected record sorted by record number)."""
+        if len(chunk):
+            if self.text_column not in chunk.columns:
+                if not (self.fmt == "jsonl" and self._text_seen):
+                    raise KeyError(f"{self.path}: no column {self.text_column!r} (columns: {list(chunk.columns)}); "
+                                   f"name the text column with --text-column")
+                chunk = chunk.assign(**{self.text_column: None})  # an earlier chunk had the key: 'missing'
+            self._text_seen = True
+            if self.keep is None:
+                self.keep = list(chunk.columns)
+            missing = [c for c in self.keep if c not in chunk.columns]
+            if missing:
+                if self.fmt != "jsonl":
+                    raise KeyError(f"{self.path}: --keep-columns names {missing}, not in the input "
+                                   f"(columns: {list(chunk.columns)})")
+                chunk = chunk.assign(**{c: None for c in missing})  # JSONL records need not share keys
+        problems = text_problems(chunk[self.text_column]) if len(chunk) else pd.Series(dtype=object)
+        good = chunk[problems == ""] if len(chunk) else chunk
+        rejected = [*bad, *({"row": int(i), "reason": r, "value": repr(chunk.at[i, self.text_column])[:200]}
+                            for i, r in problems[problems != ""].items())]
+        rejected.sort(key=lambda r: r["row"])
+        return good, rejected
+
+    def kept(self, frame: pd.DataFrame) -> list[str]:
+        return [c for c in self.keep or [] if c in frame.columns]
 
 
 def predict_file(classifier, input_path: str | Path, output_path: str | Path, *, text_column: str = "text",
@@ -274,38 +320,20 @@ def predict_file(classifier, input_path: str | Path, output_path: str | Path, *,
     if hasattr(classifier, "progress"):
         classifier.progress = False  # one bar for the whole file instead of one per chunk
     truncated_before = getattr(classifier, "truncated", 0)
+    rules = ChunkRules(input_path, fmt_in, text_column, keep_columns)
     reasons: Counter = Counter()
     labels: Counter = Counter()
     rows_in = 0
     rss_first = None
-    keep = keep_columns
     start = time.perf_counter()
     bar = tqdm(total=count_rows(input_path, fmt_in), unit="post", unit_scale=True, desc="predict",
                disable=not progress, smoothing=0.1)
     with ChunkWriter(output_path, fmt_out) as out, ChunkWriter(rejects_path, "csv") as rejects:
         for chunk, bad in read_chunks(input_path, fmt_in, chunk_size):
-            if text_column not in chunk.columns and len(chunk) and fmt_in == "jsonl" and out.rows:
-                chunk = chunk.assign(**{text_column: None})  # an earlier chunk had the key: these rows are 'missing'
-            elif text_column not in chunk.columns and len(chunk):
-                raise KeyError(f"{input_path}: no column {text_column!r} (columns: {list(chunk.columns)}); "
-                               f"name the text column with --text-column")
-            if keep is None and len(chunk):
-                keep = list(chunk.columns)  # the first chunk's columns: every chunk writes the same ones
-            missing = [c for c in keep or [] if c not in chunk.columns]
-            if missing and len(chunk):
-                if fmt_in != "jsonl":
-                    raise KeyError(f"{input_path}: --keep-columns names {missing}, not in the input "
-                                   f"(columns: {list(chunk.columns)})")
-                chunk = chunk.assign(**{c: None for c in missing})  # JSONL records need not share keys
-            problems = text_problems(chunk[text_column]) if len(chunk) else pd.Series(dtype=object)
-            good = chunk[problems == ""]
-            rejected = [*bad, *({"row": int(i), "reason": r, "value": repr(chunk.at[i, text_column])[:200]}
-                               for i, r in problems[problems != ""].items())]
+            good, rejected = rules.split(chunk, bad)
             probs = classifier.predict_proba(good[text_column].tolist()) if len(good) else np.zeros((0, len(LABELS)))
-            frame = output_frame(good, np.asarray(probs, dtype=np.float64),
-                                 [c for c in keep or [] if c in good.columns], model_id)
+            frame = output_frame(good, np.asarray(probs, dtype=np.float64), rules.kept(good), model_id)
             out.write(frame)
-            rejected.sort(key=lambda r: r["row"])
             rejects.write(pd.DataFrame(rejected, columns=REJECT_COLUMNS))
             reasons.update(r["reason"] for r in rejected)
             labels.update(frame["label"])

@@ -3,6 +3,9 @@
     python -m finsent.pipeline.ci check   # scratch copy -> dvc repro (ci/overrides.yaml) -> diffs -> gate
     python -m finsent.pipeline.ci update  # the same run, then store its params and metrics in ci/reference/
 
+CI runs the gate inside the test suite (tests/test_pipeline_e2e.py: the end-to-end tests share the same
+scratch repo, so the tiny `dvc repro` runs once per CI run); `check` is the same thing on its own.
+
 The scratch copy gets one commit holding the *reference* params and metrics, then the current
 params (params.yaml merged with ci/overrides.yaml) are written and `dvc repro` runs; so
 `dvc metrics diff` / `dvc params diff` show exactly what changed since the reference was taken.
@@ -96,24 +99,30 @@ def reproduce(root: Path, work: Path, with_reference: bool) -> Path:
     return repo
 
 
+def gate(root: Path, repo: Path, tolerance: float = TOLERANCE) -> list[str]:
+    """Print the params and metrics diffs of a ``reproduce(..., with_reference=True)`` repo against the
+    reference, and return every gated macro-F1 that fell more than ``tolerance`` (empty: the gate passes)."""
+    print("\n## dvc params diff (reference -> this commit, CI configuration)\n", flush=True)
+    run(["dvc", "params", "diff", "--md"], repo)
+    print("\n## dvc metrics diff (reference -> this commit, CI configuration)\n", flush=True)
+    run(["dvc", "metrics", "diff", "--md", "--precision", "4"], repo)
+    problems = []
+    for name in GATED:
+        if not (root / REFERENCE / name).exists():
+            problems.append(f"{name}: no reference numbers; run `python -m finsent.pipeline.ci update`")
+            continue
+        reference = json.loads((root / REFERENCE / name).read_text())
+        current = json.loads((repo / "metrics" / name).read_text())
+        problems += [f"{name}: {line}" for line in macro_f1_drops(reference, current, tolerance)]
+    return problems
+
+
 def check(root: Path, tolerance: float = TOLERANCE) -> int:
     if not (root / REFERENCE / "evaluate.json").exists():
         print(f"ci: no reference numbers in {REFERENCE}/; create them with `python -m finsent.pipeline.ci update`")
         return 1
     with tempfile.TemporaryDirectory(prefix="finsent-ci-") as tmp:
-        repo = reproduce(root, Path(tmp), with_reference=True)
-        print("\n## dvc params diff (reference -> this commit, CI configuration)\n")
-        run(["dvc", "params", "diff", "--md"], repo)
-        print("\n## dvc metrics diff (reference -> this commit, CI configuration)\n")
-        run(["dvc", "metrics", "diff", "--md", "--precision", "4"], repo)
-        problems = []
-        for name in GATED:
-            if not (root / REFERENCE / name).exists():
-                problems.append(f"{name}: no reference numbers; run `python -m finsent.pipeline.ci update`")
-                continue
-            reference = json.loads((root / REFERENCE / name).read_text())
-            current = json.loads((repo / "metrics" / name).read_text())
-            problems += [f"{name}: {line}" for line in macro_f1_drops(reference, current, tolerance)]
+        problems = gate(root, reproduce(root, Path(tmp), with_reference=True), tolerance)
     if problems:
         print(f"\nci: macro-F1 fell more than {tolerance} below the reference:\n  " + "\n  ".join(problems))
         return 1
