@@ -60,6 +60,7 @@ ARMS = {
     "finsent onnx int8 batched": ("finsent", {"model": "onnx_int8", "batch_size": 64, "force_batch": True}),
 }
 BASELINES = [name for name, (how, _) in ARMS.items() if how != "finsent"]
+SAME_LABEL_GOAL = 0.995
 # USD per hour of this machine's equivalent: AWS m5.large (2 vCPU, 8 GiB) on-demand, us-east-1, Linux
 DEFAULT_USD_PER_HOUR = 0.096
 
@@ -229,11 +230,15 @@ def main() -> None:
               f"{r['load_s']:5.1f}s {usd:15.4f}")
     for name, why in skipped.items():
         print(f"{name:<30} skipped: {why}")
+    faithful = [b for b in results if b in BASELINES and results[b]["same_label_as_reference"] >= SAME_LABEL_GOAL]
+    best_faithful = max(faithful, key=lambda b: results[b]["posts_per_s"])
     if DEFAULT in results:
         d = results[DEFAULT]
-        met = d["ratio"] >= 3 and d["same_label_as_reference"] >= 0.995
-        print(f"\ngoal (default >= 3x the best baseline at >= 99.5% same labels): {d['ratio']:.2f}x at "
-              f"{d['same_label_as_reference']:.2%} -> {'met' if met else 'NOT met'}")
+        met = d["ratio"] >= 3 and d["same_label_as_reference"] >= SAME_LABEL_GOAL
+        print(f"\ngoal (default >= 3x the best baseline at >= {SAME_LABEL_GOAL:.1%} same labels): {d['ratio']:.2f}x "
+              f"{best} at {d['same_label_as_reference']:.2%} -> {'met' if met else 'NOT met'}; against the best "
+              f"baseline that itself keeps >= {SAME_LABEL_GOAL:.1%} of the labels ({best_faithful}): "
+              f"{d['posts_per_s'] / results[best_faithful]['posts_per_s']:.2f}x")
     print(f"\nthis machine: ${args.usd_per_hour}/h (assumed; --usd-per-hour). gpt-4o-mini: ${price[0]}/1M input, "
           f"${price[1]}/1M output tokens (OpenAI list price, params.yaml label.prices, checked 2026-11) -> "
           f"${gpt_usd:.2f} per 1M posts of this length (${gpt_usd / 2:.2f} with the Batch API)")
@@ -246,6 +251,7 @@ def main() -> None:
     Path(args.json).write_text(json.dumps({"posts": n, "input": str(args.input), "repeats": args.repeats,
                                            "usd_per_hour": args.usd_per_hour, "gpt_4o_mini_usd_per_1m": gpt_usd,
                                            "reference": REFERENCE, "best_baseline": best, "skipped": skipped,
+                                           "best_baseline_keeping_labels": best_faithful,
                                            "arms": {k: {kk: vv for kk, vv in v.items() if kk != "labels"}
                                                     for k, v in results.items()}}, indent=2) + "\n")
     from finsent.evaluation.plots import throughput_figure

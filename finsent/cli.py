@@ -148,6 +148,9 @@ def _predict_ray(args) -> int:
     from finsent.inference.ray_engine import predict_ray, require_ray
 
     require_ray()  # one line with the install command, before anything slow
+    if args.rejects:
+        raise SystemExit("finsent predict: --rejects is for the local engine; the Ray engine writes its rejects "
+                         "as shards under OUTPUT/rejects/")
     keep = None if args.keep_columns is None else [c.strip() for c in args.keep_columns.split(",") if c.strip()]
     load = dict(kind=args.kind, base=args.base, batch_size=args.batch_size, max_length=args.max_length,
                 dtype=args.dtype, label_map=args.label_map)
