@@ -9,7 +9,10 @@ one thread each (`--workers N --threads 1`), a local Ray started by the command.
 Ray's fixed cost per job is measured the same way on a 64-post file: end-to-end seconds of the Ray engine
 minus the local engine's (Ray start, actor start, a model load per actor, the job's scheduling).
 
-    python bench/scale.py [--rows 200000] [--model models/encoder_onnx/int8]
+    python bench/scale.py [--rows 200000] [--model models/encoder] [--workers 1,2]
+
+"labelling" posts/s is each command's own summary: the local engine's excludes its model load; the Ray
+engine's counts from the job's start (actor start and a model load per actor included) to its last write.
 """
 from __future__ import annotations
 
@@ -60,8 +63,8 @@ def run(model: str, posts: Path, tmp: Path, workers: list[int]) -> dict[str, dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--model", default="models/encoder_onnx/int8",
-                    help="any model finsent predict loads (default: the int8 ONNX export, batch-independent)")
+    ap.add_argument("--model", default="models/encoder",
+                    help="any model finsent predict loads (default: finsent predict's, the fine-tuned encoder)")
     ap.add_argument("--workers", default="1,2", help="Ray worker counts to measure")
     ap.add_argument("--json", default=str(ROOT / "bench/results/scale.json"))
     args = ap.parse_args()
@@ -90,9 +93,11 @@ def main() -> None:
     print(f"\nRay's fixed cost per job (64 posts, {ray_name}): {overhead[ray_name]['wall_s']:.1f} s end to end vs "
           f"{overhead[BASELINE]['wall_s']:.1f} s locally -> {fixed:.1f} s of overhead")
     if len(workers) > 1:
-        one, many = results[f"ray, {workers[0]} worker"], results[next(reversed(results))]
+        ray_arms = [name for name in arms(workers) if name != BASELINE]
+        one, many = results[ray_arms[0]], results[ray_arms[-1]]
         eff = many["labelling_posts_per_s"] / (one["labelling_posts_per_s"] * workers[-1] / workers[0])
-        print(f"scaling {workers[0]} -> {workers[-1]} workers: {many['labelling_posts_per_s'] / one['labelling_posts_per_s']:.2f}x "
+        gain = many["labelling_posts_per_s"] / one["labelling_posts_per_s"]
+        print(f"scaling {workers[0]} -> {workers[-1]} workers: {gain:.2f}x "
               f"labelling throughput ({eff:.0%} of linear)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"rows": args.rows, "model": args.model, "cpus": os.cpu_count(),

@@ -17,6 +17,7 @@ if [ $# -lt 1 ] || [ $# -gt 2 ]; then
 fi
 url=$1
 endpoint=${2:-}
+python -c "import dvc_s3" 2>/dev/null || { echo "$0: dvc-s3 is not installed; pip install 'finsent[s3]'" >&2; exit 1; }
 case "$url" in s3://*) ;; *) echo "$0: $url is not an s3:// URL" >&2; exit 2 ;; esac
 dvc remote add --force --default shared "$url"
 if [ -n "$endpoint" ]; then

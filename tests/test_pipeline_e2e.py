@@ -185,8 +185,8 @@ def test_editing_a_module_a_stage_imports_makes_dvc_status_report_it(repo, modul
 
 BUCKET = "finsent-team"
 # made per run, so that finding them in a committed file means this run wrote them there
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20),
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+               "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20), "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="module")

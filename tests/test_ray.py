@@ -66,7 +66,8 @@ def test_ray_engine_gives_the_local_engines_labels_and_rejects(local_ray, export
     summary = predict_ray(str(model), shards, tmp_path / "out", keep_columns=["id"], chunk_size=32, workers=2,
                           batch_size=40, progress=False, output_format="parquet")
     got = pd.read_parquet(tmp_path / "out" / "labels")
-    got_rejects = pd.concat([pd.read_csv(f, keep_default_na=False) for f in (tmp_path / "out" / "rejects").glob("*.csv")])
+    got_rejects = pd.concat([pd.read_csv(f, keep_default_na=False)
+                             for f in (tmp_path / "out" / "rejects").glob("*.csv")])
     want, want_rejects = _local(model, shards, tmp_path)
     key = ["file", "row"]
     got, want = got.sort_values(key, ignore_index=True), want.sort_values(key, ignore_index=True)
@@ -94,7 +95,8 @@ def test_cli_ray_engine_writes_csv_shards_and_names_a_bad_shard(local_ray, expor
                  "--no-progress", "--summary", str(tmp_path / "summary.json")]) == 0
     written = pd.concat([pd.read_csv(f) for f in sorted((out / "labels").glob("*.csv"))])
     assert list(written.columns) == ["file", "row", "label", "p_negative", "p_neutral", "p_positive", "model"]
-    assert set(written["file"]) == {"part-1.jsonl", "part-2.parquet"} and len(written) == 220 - 4  # 3 bad JSONL lines, 1 null text
+    assert set(written["file"]) == {"part-1.jsonl", "part-2.parquet"}
+    assert len(written) == 220 - 4  # 3 bad JSONL lines, 1 null text
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.csv").write_text("body\nProfit rose .\n")

@@ -175,8 +175,8 @@ def predict_ray(model: str, inputs: str | Path, output_dir: str | Path, *, load:
         if out.resolve() in shard.resolve().parents:
             raise ValueError(f"{out}: -o/--output holds the input shard {shard}; writing there would destroy "
                              f"the posts. Choose another output directory")
-    cpus = os.cpu_count() or 1
-    workers = workers or max(1, cpus // max(1, threads_per_worker))
+    # default: this machine's CPUs (on a cluster, name --workers)
+    workers = workers or max(1, (os.cpu_count() or 1) // max(1, threads_per_worker))
     keep = keep_columns if keep_columns is not None else resolve_keep(shards, input_format, text_column, chunk_size)
     labels_dir, rejects_dir = out / "labels", out / "rejects"
     for stale in (labels_dir, rejects_dir):
@@ -187,7 +187,7 @@ def predict_ray(model: str, inputs: str | Path, output_dir: str | Path, *, load:
         init = {"address": address} if address else {"num_cpus": workers * threads_per_worker + 1}
         ray.init(**init, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True   # output shards in input order: reruns write the same files
+    ctx.execution_options.preserve_order = True   # rows leave in input order (shard by shard)
     ctx.enable_progress_bars = progress
     if not progress:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -195,20 +195,22 @@ def predict_ray(model: str, inputs: str | Path, output_dir: str | Path, *, load:
     try:
         items = ray.data.from_items([{"path": str(s), "file": _shard_name(s, base)} for s in shards],
                                     override_num_blocks=len(shards))
-        read = dict(batch_size=1, batch_format="pandas", num_cpus=IO_TASK_CPUS,
-                    fn_kwargs=dict(input_format=input_format, text_column=text_column, keep=keep,
-                                   chunk_size=chunk_size,
-                                   kept_as_text=len({file_format(s, input_format) for s in shards}) > 1))
-        rows = items.map_batches(_read_shards, **{**read, "fn_kwargs": {**read["fn_kwargs"], "want": "rows"}})
-        labelled = rows.map_batches(
-            Predictor, batch_size=batch_size, batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
+        rules = dict(input_format=input_format, text_column=text_column, keep=keep, chunk_size=chunk_size,
+                     kept_as_text=len({file_format(s, input_format) for s in shards}) > 1)
+
+        def read(want: str):
+            return items.map_batches(_read_shards, batch_size=1, batch_format="pandas", num_cpus=IO_TASK_CPUS,
+                                     fn_kwargs={**rules, "want": want})
+
+        labelled = read("rows").map_batches(
+            Predictor, batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
             fn_constructor_kwargs=dict(model=model, load=load or {}, threads=threads_per_worker,
                                        text_column=text_column, keep=keep, model_id=model_id))
         writer = {"parquet": "write_parquet", "csv": "write_csv", "jsonl": "write_json"}[output_format]
         getattr(labelled, writer)(str(labels_dir), ray_remote_args={"num_cpus": IO_TASK_CPUS})
-        rejects = items.map_batches(_read_shards, **{**read, "fn_kwargs": {**read["fn_kwargs"], "want": "rejects"}})
-        rejects.write_csv(str(rejects_dir), ray_remote_args={"num_cpus": IO_TASK_CPUS})
+        # The rejects depend on the input only: a second, cheap pass over the shards (no model) writes them.
+        read("rejects").write_csv(str(rejects_dir), ray_remote_args={"num_cpus": IO_TASK_CPUS})
         seconds = time.perf_counter() - start
         counts = _read_back(ray, labels_dir, output_format, ["label", "model"])
         reasons = _read_back(ray, rejects_dir, "csv", ["reason"])
