@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                         "models/encoder_onnx/fp32 and /int8)")
     _model_options(p)
     p.add_argument("--text-column", default="text")
-    p.add_argument("--keep-columns", help="comma-separated input columns to copy to the output "
-                                          "(default: all; '' for none)")
+    p.add_argument("--keep-columns", type=_column_list, default=None,
+                   help="comma-separated input columns to copy to the output (default: all; '' for none)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--chunk-size", type=int, default=4096, help="rows read, sorted and written at a time")
     p.add_argument("--rejects", help="file for rows that cannot be classified (default: OUTPUT's stem + .rejects.csv)")
@@ -103,6 +103,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                         "LABEL_2=positive (needed unless its names are negative/neutral/positive)")
 
 
+def _column_list(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
 def _label_map(text: str) -> dict[str, str]:
     pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
     if not pairs or any(len(p) != 2 for p in pairs):
@@ -132,11 +136,10 @@ def _predict(args) -> int:
                                      max_length=args.max_length, dtype=args.dtype, label_map=args.label_map)
     except ValueError as exc:  # a label map that is missing or incomplete: one line with the fix
         raise SystemExit(f"finsent predict: {exc}") from None
-    keep = None if args.keep_columns is None else [c.strip() for c in args.keep_columns.split(",") if c.strip()]
     try:
-        summary = predict_file(classifier, args.input, args.output, text_column=args.text_column, keep_columns=keep,
-                               chunk_size=args.chunk_size, rejects_path=args.rejects, model_id=args.model_id,
-                               input_format=args.input_format, output_format=args.output_format,
+        summary = predict_file(classifier, args.input, args.output, text_column=args.text_column,
+                               keep_columns=args.keep_columns, chunk_size=args.chunk_size, rejects_path=args.rejects,
+                               model_id=args.model_id, input_format=args.input_format, output_format=args.output_format,
                                progress=not args.no_progress)
     except (ValueError, KeyError, FileNotFoundError) as exc:  # bad input: one line naming the file and the fix
         raise SystemExit(f"finsent predict: {exc.args[0] if exc.args else exc}") from None
@@ -151,12 +154,11 @@ def _predict_ray(args) -> int:
     if args.rejects:
         raise SystemExit("finsent predict: --rejects is for the local engine; the Ray engine writes its rejects "
                          "as shards under OUTPUT/rejects/")
-    keep = None if args.keep_columns is None else [c.strip() for c in args.keep_columns.split(",") if c.strip()]
     load = dict(kind=args.kind, base=args.base, batch_size=args.batch_size, max_length=args.max_length,
                 dtype=args.dtype, label_map=args.label_map)
     try:
         summary = predict_ray(args.model, args.input, args.output, load=load, text_column=args.text_column,
-                              keep_columns=keep, chunk_size=args.chunk_size, workers=args.workers,
+                              keep_columns=args.keep_columns, chunk_size=args.chunk_size, workers=args.workers,
                               threads_per_worker=args.threads or 1, gpus_per_worker=args.gpus_per_worker,
                               batch_size=args.rows_per_call, input_format=args.input_format,
                               output_format=args.output_format or "parquet", model_id=args.model_id,

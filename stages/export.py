@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)  # validated before torch / onnx are imported
 
-    from finsent.core.io import write_json
+    from finsent.core.io import write_metrics
     from finsent.data.splits import load_split_union, sample_rows
     from finsent.inference.classifiers import EncoderClassifier, OnnxClassifier
     from finsent.inference.export import check_exports, export_onnx, quantize_int8
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for precision, row in checks.items():
         print(f"export: {precision} vs PyTorch fp32 on {len(texts)} validation posts: same label "
               f"{row['label_agreement']:.2%}, max |dp| {row['max_abs_prob_diff']:.2g}")
-    write_json({"model": cfg.model, "check_rows": len(texts),
+    write_metrics({"model": cfg.model, "check_rows": len(texts),
                 "fp32": {**fp32, **checks["fp32"]}, "int8": {**int8, **checks["int8"]}}, METRICS_DIR / "export.json")
     return 0
 

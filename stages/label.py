@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"label: {exc}") from None
     metrics_dir = Path(args.metrics_dir or workflow_metrics_dir(args.workflow))
 
-    from finsent.core.io import write_csv, write_json
+    from finsent.core.io import write_csv, write_metrics
     from finsent.data.splits import load_split
     from finsent.teachers.answers import BatchPending, TeacherUnavailable
     from finsent.teachers.cache import LabelCache
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir or workflow_labelled_dir(args.workflow))
     write_csv(run.labelled, out / "pool.csv")
     write_csv(run.quarantine, out / "quarantine.csv")
-    write_json(run.summary, metrics_dir / "label.json")
+    write_metrics(run.summary, metrics_dir / "label.json")
     write_csv(run.coverage, metrics_dir / "label_coverage.csv")
     s = run.summary
     print(f"label: {s['labelled']} labelled, {s['quarantined']} quarantined, {s['missing']} missing, "

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)  # validated before torch / transformers are imported
 
-    from finsent.core.io import write_csv, write_json
+    from finsent.core.io import write_csv, write_metrics
     from finsent.data.splits import load_split_union, sample_rows, training_rows
     from finsent.training.encoder import train_encoder
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                            log_dir=Path(args.runs_dir) / cfg.hp_set, work_dir=work_dir,
                            patience=cfg.early_stopping_patience, max_steps=cfg.max_steps)
     if result.is_main_process:
-        write_json(result.summary, METRICS_DIR / "train.json")
+        write_metrics(result.summary, METRICS_DIR / "train.json")
         write_csv(result.history, METRICS_DIR / "train_history.csv")
         shutil.rmtree(work_dir, ignore_errors=True)
         print(f"best val macro-F1 {result.summary['val_macro_f1']} after {result.summary['epochs_run']} epochs "

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from finsent.core.cards import data_fingerprint, write_card
-    from finsent.core.io import write_csv, write_json
+    from finsent.core.io import write_csv, write_metrics
     from finsent.data.split import exclude_texts
     from finsent.data.splits import load_split, sample_rows, test_rows
     from finsent.evaluation.metrics import compute_metrics, prediction_frame, probs_to_labels
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     write_csv(history, METRICS_DIR / "train_llm_history.csv")
     score("lora")
-    write_json(summary, METRICS_DIR / "train_llm.json")
+    write_metrics(summary, METRICS_DIR / "train_llm.json")
     return 0
 
 

@@ -167,3 +167,37 @@ def test_student_on_real_embeddings_beats_the_majority_and_reloads(flow, forum_s
     again = load_classifier(str(tmp_path / "student")).predict_proba(test["text"].tolist())
     np.testing.assert_allclose(again, probs, atol=1e-5)     # the same answers after a reload
     assert probs.shape == (100, len(LABELS))
+
+
+def test_max_chars_embeds_the_opening_and_the_cache_keys_what_was_embedded(tmp_path):
+    """``max_chars`` clips what the embedder sees (never the TF-IDF), the cache keys the clipped text (a short
+    post shares its entry with the unclipped setting; two long posts with one opening are embedded once),
+    and the model card carries the setting, so a reloaded student embeds the same way."""
+    from finsent.inference.embedding_head import EmbeddingCache, EmbeddingHead, _Clipped
+
+    class Counting(_Clipped):
+        ref, prefix = "counting", ""
+
+        def __init__(self, max_chars=None):
+            self.max_chars, self.embedder_id, self.seen = max_chars, "counting|", []
+
+        def embed(self, texts):
+            self.seen.extend(texts)
+            return np.array([[len(t), t.count("a"), 1.0] for t in texts], dtype=np.float32)
+
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    short, long1, long2 = "kurz", "a" * 10 + "b" * 50, "a" * 10 + "c" * 70
+    whole = Counting()
+    cache.embed(whole, [short, long1])
+    clipped = Counting(max_chars=10)
+    emb = cache.embed(clipped, [short, long1, long2])
+    assert clipped.seen == ["a" * 10]                       # short: cached as is; the two openings: one entry
+    assert emb[1].tolist() == emb[2].tolist() == [10, 10, 1]
+    texts = [short, long1, long2, "b" * 40]
+    head = EmbeddingHead.fit(clipped, texts, ["neutral", "positive", "negative", "neutral"],
+                             embeddings=cache.embed(clipped, texts), tfidf=True, tfidf_max_features=100,
+                             embedding_weight=1.0, C=1.0, class_weight=None, seed=0)
+    assert head.tfidf.transform([long1]).nnz > head.tfidf.transform([long1[:10]]).nnz  # it reads beyond the clip
+    card = head.save(tmp_path / "student")
+    assert card["max_chars"] == 10
+    cache.close()

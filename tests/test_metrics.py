@@ -79,3 +79,22 @@ def test_training_rows_from_gold_or_teacher(tmp_path):
         training_rows(TrainSection(model="m", hp_set="h", labels="teacher", splits=["fpb"]), 0, tmp_path / "missing.csv")
     with pytest.raises(ValueError, match="'gold' or 'teacher'"):
         TrainSection(model="m", hp_set="h", labels="silver", splits=["fpb"])
+
+
+def test_timings_leave_the_compared_metrics_for_their_own_file(tmp_path):
+    """`dvc metrics diff` between two runs of the same code must be empty: what took how long goes to
+    metrics/timing/<file> (a plain output), at any depth, and nothing else moves."""
+    import json
+
+    from finsent.core.io import timing_path, write_metrics
+
+    report = {"teacher": "gold", "seconds": 1.5, "posts_per_second": 10.0, "per_label": {"neutral": 3},
+              "candidates": {"a": {"accuracy": 0.7, "wall_seconds": 2.0}, "b": {"accuracy": 0.6}},
+              "train_seconds": 9.0}
+    path = tmp_path / "metrics" / "label.json"
+    kept = write_metrics(report, path)
+    assert json.loads(path.read_text()) == kept == {
+        "teacher": "gold", "per_label": {"neutral": 3}, "candidates": {"a": {"accuracy": 0.7}, "b": {"accuracy": 0.6}}}
+    assert timing_path(path) == tmp_path / "metrics" / "timing" / "label.json"
+    assert json.loads(timing_path(path).read_text()) == {
+        "seconds": 1.5, "posts_per_second": 10.0, "candidates": {"a": {"wall_seconds": 2.0}}, "train_seconds": 9.0}

@@ -153,6 +153,22 @@ def test_second_repro_does_nothing_and_dvc_reads_metrics(repo):
     assert shown  # dvc parses every declared metrics file
 
 
+def test_a_rerun_of_the_same_code_changes_no_metric(repo):
+    """Timings (seconds, rows/s) live in metrics/**/timing/*.json, not in the DVC metrics: forcing the timed
+    stages to run again on the same commit rewrites those files and leaves `dvc metrics diff` empty."""
+    commit_all(repo, "the CI configuration's run")
+    stages = ["label", "compare_forum", "label_forum"]
+    before = {s: (repo / p).read_text() for s, p in (("label", "metrics/timing/label.json"),
+                                                     ("compare_forum", "metrics/forum/timing/compare.json"))}
+    assert "seconds" in before["label"] and "wall_seconds" in before["compare_forum"]
+    run(["dvc", "repro", "--force", "--single-item", *stages], repo, capture_output=True)
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo, capture_output=True).stdout or "{}")
+    assert diff == {}, diff
+    for path in ("metrics/label.json", "metrics/forum/compare.json", "metrics/forum/label.json"):
+        assert "seconds" not in (repo / path).read_text()
+    assert "up to date" in run(["dvc", "status"], repo, capture_output=True).stdout
+
+
 def test_plots_render_offline(repo):
     run(["dvc", "plots", "show", "-o", "plots_html"], repo, capture_output=True)
     html = (repo / "plots_html/index.html").read_text(encoding="utf-8")

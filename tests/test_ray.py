@@ -103,3 +103,36 @@ def test_cli_ray_engine_writes_csv_shards_and_names_a_bad_shard(local_ray, expor
     with pytest.raises(SystemExit, match="would destroy the posts"):
         main(["predict", "--engine", "ray", "--model", str(exported[0] / "int8"), str(bad), "-o", str(tmp_path),
               "--no-progress"])
+
+
+class _WhoLabelled:
+    """A stand-in actor that records which process saw each row (the model does not matter here)."""
+
+    def __init__(self):
+        import os
+
+        self.pid = os.getpid()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        import time
+
+        time.sleep(0.05)  # long enough that one actor cannot drain the queue alone
+        return pd.DataFrame({"row": batch["__row"], "pid": self.pid})
+
+
+@pytest.mark.slow
+def test_one_big_shard_feeds_every_actor(local_ray, posts, tmp_path):
+    """A single file is one reading task; its rows must still reach both actors (before the rows were cut
+    into blocks of one actor call, all 2,000 went to one actor and the second idled)."""
+    from finsent.inference.ray_engine import list_shards, read_dataset
+
+    pd.DataFrame({"id": range(2000), "text": [posts[i % len(posts)] for i in range(2000)]}).to_csv(
+        tmp_path / "one.csv", index=False)
+    base, shards = list_shards(tmp_path / "one.csv")
+    rows = read_dataset(local_ray, shards, base, want="rows", input_format=None, text_column="text", keep=["id"],
+                        chunk_size=4096, block_rows=50)
+    seen = rows.map_batches(_WhoLabelled, batch_size=50, batch_format="pandas",
+                            compute=local_ray.data.ActorPoolStrategy(size=2), num_cpus=1).to_pandas()
+    assert sorted(seen["row"]) == list(range(2000))
+    per_actor = seen.groupby("pid").size()
+    assert len(per_actor) == 2 and per_actor.min() >= 500, per_actor.to_dict()

@@ -33,6 +33,42 @@ def write_json(obj: Any, path: str | Path) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", encoding="utf-8")
 
 
+# Fields that measure how long something took: they change on every run, so they stay out of the DVC
+# metrics that `dvc metrics diff` / `dvc exp show` compare, and go to a timing file beside them.
+TIMING_FIELDS = frozenset({"seconds", "wall_seconds", "train_seconds", "base_score_seconds", "lora_score_seconds",
+                           "seconds_per_step", "train_rows_per_second", "posts_per_second", "export_s", "quantize_s"})
+
+
+def split_timings(report: Any) -> tuple[Any, Any]:
+    """``(metrics, timings)``: the report without its TIMING_FIELDS (at any depth), and those fields alone
+    in the same nesting (None when there are none)."""
+    if not isinstance(report, dict):
+        return report, None
+    metrics, timings = {}, {}
+    for key, value in report.items():
+        if key in TIMING_FIELDS:
+            timings[key] = value
+            continue
+        metrics[key], inner = split_timings(value)
+        if inner:
+            timings[key] = inner
+    return metrics, timings or None
+
+
+def timing_path(metrics_path: str | Path) -> Path:
+    """metrics/<x>.json -> metrics/timing/<x>.json (a plain git-tracked output, not a DVC metric)."""
+    path = Path(metrics_path)
+    return path.parent / "timing" / path.name
+
+
+def write_metrics(report: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Write a stage's metrics to ``path`` and its timings to :func:`timing_path`; returns the metrics."""
+    metrics, timings = split_timings(report)
+    write_json(metrics, path)
+    write_json(timings or {}, timing_path(path))
+    return metrics
+
+
 class StageClock:
     """Prints a stage's wall time and peak memory when it ends: `with StageClock("train"): ...`."""
 

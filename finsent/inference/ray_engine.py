@@ -36,7 +36,7 @@ import pandas as pd
 
 from finsent.core.labelset import LABELS
 from finsent.inference.stream import (FORMATS, REJECT_COLUMNS, ChunkRules, file_format, output_frame,
-                                      read_chunks)
+                                      read_chunks, summary)
 
 INSTALL_HINT = "pip install 'finsent[ray]'  (or: pip install -r requirements/ray.txt)"
 FILE, ROW = "__file", "__row"   # internal columns between the reading tasks and the actors
@@ -125,6 +125,21 @@ def _read_shards(items: pd.DataFrame, *, want: str, input_format: str | None, te
                 yield frame.reset_index(drop=True)
 
 
+def read_dataset(ray, shards: list[Path], base: Path, *, want: str, input_format: str | None, text_column: str,
+                 keep: list[str], chunk_size: int, block_rows: int | None = None):
+    """The Ray dataset of one pass over the shards (``want``: 'rows' or 'rejects', see _read_shards): a
+    reading task per shard. ``block_rows`` cuts the rows into blocks of that many (one actor call each):
+    a reading task streams its whole shard as one block, so without the cut every row of a big file went
+    to a single actor while the others idled."""
+    items = ray.data.from_items([{"path": str(s), "file": _shard_name(s, base)} for s in shards],
+                                override_num_blocks=len(shards))
+    kept_as_text = len({file_format(s, input_format) for s in shards}) > 1
+    ds = items.map_batches(_read_shards, batch_size=1, batch_format="pandas", num_cpus=IO_TASK_CPUS,
+                           fn_kwargs=dict(want=want, input_format=input_format, text_column=text_column, keep=keep,
+                                          chunk_size=chunk_size, kept_as_text=kept_as_text))
+    return ds.repartition(target_num_rows_per_block=block_rows) if block_rows else ds
+
+
 class Predictor:
     """A Ray actor: loads the model once, then labels batches of rows."""
 
@@ -193,16 +208,9 @@ def predict_ray(model: str, inputs: str | Path, output_dir: str | Path, *, load:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     start = time.perf_counter()
     try:
-        items = ray.data.from_items([{"path": str(s), "file": _shard_name(s, base)} for s in shards],
-                                    override_num_blocks=len(shards))
-        rules = dict(input_format=input_format, text_column=text_column, keep=keep, chunk_size=chunk_size,
-                     kept_as_text=len({file_format(s, input_format) for s in shards}) > 1)
-
-        def read(want: str):
-            return items.map_batches(_read_shards, batch_size=1, batch_format="pandas", num_cpus=IO_TASK_CPUS,
-                                     fn_kwargs={**rules, "want": want})
-
-        labelled = read("rows").map_batches(
+        rules = dict(input_format=input_format, text_column=text_column, keep=keep, chunk_size=chunk_size)
+        rows = read_dataset(ray, shards, base, want="rows", block_rows=batch_size, **rules)
+        labelled = rows.map_batches(
             Predictor, batch_size=batch_size, batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=threads_per_worker, num_gpus=gpus_per_worker or None,
             fn_constructor_kwargs=dict(model=model, load=load or {}, threads=threads_per_worker,
@@ -210,7 +218,8 @@ def predict_ray(model: str, inputs: str | Path, output_dir: str | Path, *, load:
         writer = {"parquet": "write_parquet", "csv": "write_csv", "jsonl": "write_json"}[output_format]
         getattr(labelled, writer)(str(labels_dir), ray_remote_args={"num_cpus": IO_TASK_CPUS})
         # The rejects depend on the input only: a second, cheap pass over the shards (no model) writes them.
-        read("rejects").write_csv(str(rejects_dir), ray_remote_args={"num_cpus": IO_TASK_CPUS})
+        rejects = read_dataset(ray, shards, base, want="rejects", **rules)
+        rejects.write_csv(str(rejects_dir), ray_remote_args={"num_cpus": IO_TASK_CPUS})
         seconds = time.perf_counter() - start
         counts = _read_back(ray, labels_dir, output_format, ["label", "model"])
         reasons = _read_back(ray, rejects_dir, "csv", ["reason"])
@@ -224,14 +233,9 @@ def predict_ray(model: str, inputs: str | Path, output_dir: str | Path, *, load:
             ray.shutdown()
     by_label = counts.groupby("label")["count()"].sum().to_dict() if len(counts) else {}
     by_reason = reasons.set_index("reason")["count()"].to_dict() if len(reasons) else {}
-    predicted, rejected = int(sum(by_label.values())), int(sum(by_reason.values()))
-    return {"input": str(inputs), "output": str(labels_dir), "rejects": str(rejects_dir),
-            "model": model_id or (counts["model"].iloc[0] if len(counts) else model),
-            "rows_in": predicted + rejected, "rows_predicted": predicted, "rows_rejected": rejected,
-            "rejected_by_reason": {k: int(v) for k, v in by_reason.items()},
-            "labels": {lab: int(by_label.get(lab, 0)) for lab in LABELS},
-            "truncated": None,  # counted inside each actor; not gathered across workers
-            "seconds": round(seconds, 2), "posts_per_s": round(predicted / seconds, 1) if seconds else None,
+    model_name = model_id or (counts["model"].iloc[0] if len(counts) else model)
+    # truncated: counted inside each actor, not gathered across workers
+    return {**summary(inputs, labels_dir, rejects_dir, model_name, by_reason, by_label, seconds, truncated=None),
             "engine": "ray", "shards": len(shards), "workers": workers, "threads_per_worker": threads_per_worker,
             "gpus_per_worker": gpus_per_worker, "ray_address": address or "local"}
 

@@ -23,7 +23,7 @@ import resource
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -308,6 +308,18 @@ class ChunkRules:
         return [c for c in self.keep or [] if c in frame.columns]
 
 
+def summary(input_path, output_path, rejects_path, model_id: str, reasons: Mapping[str, int],
+            labels: Mapping[str, int], seconds: float, truncated: int | None) -> dict[str, Any]:
+    """The keys every engine's summary shares: what went in, what was labelled (by label), what was
+    rejected (by reason), how fast. ``truncated`` is None where it was not gathered."""
+    predicted, rejected = int(sum(labels.values())), int(sum(reasons.values()))
+    return {"input": str(input_path), "output": str(output_path), "rejects": str(rejects_path), "model": model_id,
+            "rows_in": predicted + rejected, "rows_predicted": predicted, "rows_rejected": rejected,
+            "rejected_by_reason": {k: int(v) for k, v in reasons.items()},
+            "labels": {lab: int(labels.get(lab, 0)) for lab in LABELS}, "truncated": truncated,
+            "seconds": round(seconds, 2), "posts_per_s": round(predicted / seconds, 1) if seconds else None}
+
+
 def predict_file(classifier, input_path: str | Path, output_path: str | Path, *, text_column: str = "text",
                  keep_columns: list[str] | None = None, chunk_size: int = 4096, rejects_path: str | Path | None = None,
                  model_id: str | None = None, input_format: str | None = None, output_format: str | None = None,
@@ -344,10 +356,10 @@ def predict_file(classifier, input_path: str | Path, output_path: str | Path, *,
                 rss_first = _rss_mb()
     bar.close()
     seconds = time.perf_counter() - start
-    return {"input": str(input_path), "output": str(output_path), "rejects": str(rejects_path), "model": model_id,
-            "rows_in": rows_in, "rows_predicted": out.rows, "rows_rejected": sum(reasons.values()),
-            "rejected_by_reason": dict(reasons), "labels": {lab: labels.get(lab, 0) for lab in LABELS},
-            "truncated": getattr(classifier, "truncated", 0) - truncated_before,
-            "seconds": round(seconds, 2), "posts_per_s": round(out.rows / seconds, 1) if seconds else None,
+    if rows_in != out.rows + sum(reasons.values()):   # every record is either labelled or a counted reject
+        raise RuntimeError(f"{input_path}: {rows_in} records read, {out.rows} labelled, {sum(reasons.values())} "
+                           f"rejected: records went missing")
+    return {**summary(input_path, output_path, rejects_path, model_id, reasons, labels, seconds,
+                      truncated=getattr(classifier, "truncated", 0) - truncated_before),
             "rss_mb_after_first_chunk": round(rss_first or _rss_mb(), 1), "rss_mb_end": round(_rss_mb(), 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

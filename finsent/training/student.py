@@ -41,7 +41,7 @@ def train_student(labelled: pd.DataFrame, spec: StudentSection, out_dir: str | P
     texts, labels = rows["text"].tolist(), rows["label"].tolist()
     cache = EmbeddingCache(Path(cache_dir) / EMBEDDING_CACHE if cache_dir else None)
     try:
-        embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size)
+        embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
         start = time.perf_counter()
         embeddings = cache.embed(embedder, texts, desc="embed pool")
         embed_s = time.perf_counter() - start

@@ -1,0 +1,137 @@
+"""Benchmark: the forum student's settings, chosen by 5-fold CV against its teacher's labels on the pool.
+
+For each setting of `workflows.<flow>.student` (the params.yaml one, changed by `--set key=v1,v2`, every
+combination), it embeds the pool (through the same content cache train_forum uses, so only new texts
+cost time), scores 5-fold stratified CV macro-F1 against the teacher's labels (what a user can select
+on: the pool is all the labels there are), then fits on the whole pool and scores the frozen human test
+set (for the record only: choosing by it would overfit 100 posts). The baseline is params.yaml's
+setting, measured in the same run; every row shows its CV difference to it.
+
+Cost: `--time-sample N` embeds N pool posts without the cache for each distinct `max_chars` and prints
+posts/s, so the speed of a setting is measured here, not assumed.
+
+    python bench/forum_student.py --set max_chars=null,300,500,1000 [--time-sample 200]
+
+Needs the pool (`dvc repro label_forum`) and the split; writes bench/results/forum_student.json.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from finsent.core.io import read_interim  # noqa: E402
+from finsent.core.labelset import LABELS  # noqa: E402
+from finsent.core.params import load_params  # noqa: E402
+from finsent.core.paths import workflow_labelled_dir  # noqa: E402
+from finsent.data.splits import test_rows  # noqa: E402
+from finsent.evaluation.metrics import accuracy_and_macro_f1, bootstrap_intervals  # noqa: E402
+from finsent.inference.embedding_head import EmbeddingCache, EmbeddingHead, load_embedder  # noqa: E402
+from finsent.training.student import EMBEDDING_CACHE, training_pool  # noqa: E402
+
+BASELINE = "params.yaml"
+
+
+def settings(base, assignments: list[str]) -> list[tuple[str, object]]:
+    """(name, StudentSection) for every combination of the `key=v1,v2` assignments (values are YAML)."""
+    keys, values = [], []
+    for item in assignments:
+        key, _, vals = item.partition("=")
+        keys.append(key)
+        values.append([yaml.safe_load(v) for v in vals.split(",")])
+    out = [(BASELINE, base)]
+    for combo in itertools.product(*values):
+        spec = base.model_copy(update=dict(zip(keys, combo)))
+        spec = type(base).model_validate(spec.model_dump())  # a typo'd key or a bad value stops here
+        if spec != base:
+            out.append((", ".join(f"{k}={v}" for k, v in zip(keys, combo)), spec))
+    return out
+
+
+def fit(spec, embedder, texts, labels, embeddings, seed):
+    return EmbeddingHead.fit(embedder, texts, labels, embeddings=embeddings, tfidf=spec.tfidf,
+                             tfidf_max_features=spec.tfidf_max_features, embedding_weight=spec.embedding_weight,
+                             C=spec.C, class_weight=spec.class_weight, seed=seed)
+
+
+def cv_macro_f1(spec, embedder, texts, labels, embeddings, seed, folds=5) -> float:
+    from sklearn.model_selection import StratifiedKFold
+
+    texts, labels = np.asarray(texts, dtype=object), np.asarray(labels, dtype=object)
+    pred = np.empty(len(labels), dtype=object)
+    for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, labels):
+        model = fit(spec, embedder, list(texts[train]), list(labels[train]), embeddings[train], seed)
+        pred[held] = np.asarray(LABELS)[model.predict_proba(list(texts[held]), embeddings[held]).argmax(1)]
+    return accuracy_and_macro_f1(list(labels), list(pred))["macro_f1"]
+
+
+def embed_speed(spec, texts, n, seed) -> float:
+    sample = list(np.random.default_rng(seed).choice(np.asarray(texts, dtype=object), size=min(n, len(texts)),
+                                                     replace=False))
+    embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
+    start = time.perf_counter()
+    EmbeddingCache(None).embed(embedder, sample, desc=f"time max_chars={spec.max_chars}")
+    return len(sample) / (time.perf_counter() - start)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workflow", default="forum")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                    help="student settings to try (YAML values; repeat for a grid)")
+    ap.add_argument("--time-sample", type=int, default=0, help="posts embedded uncached per max_chars, for posts/s")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/forum_student.json"))
+    args = ap.parse_args()
+
+    params = load_params(ROOT / "params.yaml")
+    flow = params.workflow(args.workflow)
+    pool, _ = training_pool(read_interim(workflow_labelled_dir(args.workflow) / "pool.csv"), flow.student,
+                            params.seed)
+    test = test_rows(flow.evaluate.test_sets[next(iter(flow.evaluate.test_sets))].split, None, params.seed,
+                     root=ROOT / "data/splits")
+    texts, labels = pool["text"].tolist(), pool["label"].tolist()
+    cache = EmbeddingCache(Path(flow.label.cache_dir) / EMBEDDING_CACHE)
+    rows, speeds = [], {}
+    try:
+        for name, spec in settings(flow.student, args.set):
+            embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
+            emb = cache.embed(embedder, texts, desc=f"embed pool [{name}]")
+            test_emb = cache.embed(embedder, test["text"].tolist(), desc="embed test")
+            cv = cv_macro_f1(spec, embedder, texts, labels, emb, params.seed)
+            model = fit(spec, embedder, texts, labels, emb, params.seed)
+            pred = list(np.asarray(LABELS)[model.predict_proba(test["text"].tolist(), test_emb).argmax(1)])
+            scores = accuracy_and_macro_f1(test["label"].tolist(), pred)
+            ci = bootstrap_intervals(test["label"].tolist(), pred, flow.evaluate.bootstrap_resamples, params.seed)
+            chars = sum(len(embedder.clip(t)) for t in texts) / max(1, sum(len(t) for t in texts))
+            if args.time_sample and spec.max_chars not in speeds:
+                speeds[spec.max_chars] = embed_speed(spec, texts, args.time_sample, params.seed)
+            rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4), "test": scores, "test_ci": ci,
+                         "chars_embedded_share": round(chars, 3),
+                         "embed_posts_per_s": round(speeds[spec.max_chars], 2) if spec.max_chars in speeds else None})
+            print(f"{name}: CV {cv:.4f}  test {scores['accuracy']:.2f} / {scores['macro_f1']:.3f}", flush=True)
+    finally:
+        cache.close()
+    base = rows[0]["cv_macro_f1_vs_teacher"]
+    print(f"\n{'setting':<40} {'CV vs teacher':>13} {'vs ' + BASELINE:>15} {'test acc / F1':>14} "
+          f"{'chars':>6} {'posts/s':>8}")
+    for r in rows:
+        speed = f"{r['embed_posts_per_s']:.1f}" if r["embed_posts_per_s"] else "-"
+        print(f"{r['setting']:<40} {r['cv_macro_f1_vs_teacher']:>13.4f} {r['cv_macro_f1_vs_teacher'] - base:>+15.4f} "
+              f"{r['test']['accuracy']:>6.2f} / {r['test']['macro_f1']:.3f} {r['chars_embedded_share']:>6.0%} {speed:>8}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"baseline": BASELINE, "train_rows": len(texts), "test_rows": len(test),
+                                          "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
