@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from finsent.core.io import timing_path  # noqa: E402
 from finsent.core.params import deep_merge, dump_params, read_yaml, validate  # noqa: E402
 from finsent.pipeline.ci import OVERRIDES, ci_params, run, scratch_copy  # noqa: E402
 
@@ -97,14 +97,14 @@ def run_step(repo: Path, name: str, params: dict[str, Any]) -> dict[str, Any]:
     stage, metrics_file = STAGES[name]
     dump_params(params, repo / "params.yaml")
     start = time.perf_counter()
-    with GpuMemory() as gpu:
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", stage], cwd=repo, capture_output=True, text=True,
-                              env={**os.environ, "DVC_NO_ANALYTICS": "1",   # the stages' `python` is this one
-                                   "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])})
+    try:
+        with GpuMemory() as gpu:   # ci.run: this interpreter's dvc and python, analytics off
+            proc = run(["dvc", "repro", stage], repo, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        return {"status": "failed", "error": ((exc.stdout or "") + (exc.stderr or ""))[-3000:],
+                "wall_s": round(time.perf_counter() - start, 1)}
     wall = time.perf_counter() - start
-    if proc.returncode:
-        return {"status": "failed", "error": (proc.stdout + proc.stderr)[-3000:], "wall_s": round(wall, 1)}
-    timing = repo / "metrics" / "timing" / Path(metrics_file).name
+    timing = timing_path(repo / metrics_file)
     return {"status": "ok", "stage": stage, "wall_s": round(wall, 1),
             "stage_s": stage_seconds(proc.stdout, stage),
             "peak_gpu_memory_mib": gpu.peak,
