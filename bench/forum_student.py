@@ -35,8 +35,8 @@ from finsent.core.params import load_params  # noqa: E402
 from finsent.core.paths import workflow_labelled_dir  # noqa: E402
 from finsent.data.splits import test_rows  # noqa: E402
 from finsent.evaluation.metrics import accuracy_and_macro_f1, bootstrap_intervals  # noqa: E402
-from finsent.inference.embedding_head import EmbeddingCache, EmbeddingHead, load_embedder  # noqa: E402
-from finsent.training.student import EMBEDDING_CACHE, training_pool  # noqa: E402
+from finsent.inference.embedding_head import EmbeddingCache, load_embedder  # noqa: E402
+from finsent.training.student import EMBEDDING_CACHE, fit_head, training_pool  # noqa: E402
 
 BASELINE = "params.yaml"
 
@@ -57,19 +57,13 @@ def settings(base, assignments: list[str]) -> list[tuple[str, object]]:
     return out
 
 
-def fit(spec, embedder, texts, labels, embeddings, seed):
-    return EmbeddingHead.fit(embedder, texts, labels, embeddings=embeddings, tfidf=spec.tfidf,
-                             tfidf_max_features=spec.tfidf_max_features, embedding_weight=spec.embedding_weight,
-                             C=spec.C, class_weight=spec.class_weight, seed=seed)
-
-
 def cv_macro_f1(spec, embedder, texts, labels, embeddings, seed, folds=5) -> float:
     from sklearn.model_selection import StratifiedKFold
 
     texts, labels = np.asarray(texts, dtype=object), np.asarray(labels, dtype=object)
     pred = np.empty(len(labels), dtype=object)
     for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, labels):
-        model = fit(spec, embedder, list(texts[train]), list(labels[train]), embeddings[train], seed)
+        model = fit_head(spec, embedder, list(texts[train]), list(labels[train]), embeddings[train], seed)
         pred[held] = np.asarray(LABELS)[model.predict_proba(list(texts[held]), embeddings[held]).argmax(1)]
     return accuracy_and_macro_f1(list(labels), list(pred))["macro_f1"]
 
@@ -107,7 +101,7 @@ def main() -> int:
             emb = cache.embed(embedder, texts, desc=f"embed pool [{name}]")
             test_emb = cache.embed(embedder, test["text"].tolist(), desc="embed test")
             cv = cv_macro_f1(spec, embedder, texts, labels, emb, params.seed)
-            model = fit(spec, embedder, texts, labels, emb, params.seed)
+            model = fit_head(spec, embedder, texts, labels, emb, params.seed)
             pred = list(np.asarray(LABELS)[model.predict_proba(test["text"].tolist(), test_emb).argmax(1)])
             scores = accuracy_and_macro_f1(test["label"].tolist(), pred)
             ci = bootstrap_intervals(test["label"].tolist(), pred, flow.evaluate.bootstrap_resamples, params.seed)

@@ -33,6 +33,13 @@ def training_pool(labelled: pd.DataFrame, spec: StudentSection, seed: int) -> tu
     return kept.reset_index(drop=True), left_out
 
 
+def fit_head(spec: StudentSection, embedder, texts, labels, embeddings: np.ndarray, seed: int) -> EmbeddingHead:
+    """The head ``spec`` describes, fitted on embedded texts (train_student and bench/forum_student.py's CV)."""
+    return EmbeddingHead.fit(embedder, texts, labels, embeddings=embeddings, tfidf=spec.tfidf,
+                             tfidf_max_features=spec.tfidf_max_features, embedding_weight=spec.embedding_weight,
+                             C=spec.C, class_weight=spec.class_weight, seed=seed)
+
+
 def train_student(labelled: pd.DataFrame, spec: StudentSection, out_dir: str | Path, *, seed: int,
                   cache_dir: str | Path | None, teacher: str, log=print) -> dict[str, Any]:
     """Embed (cached), fit the head, save the model directory with its card; returns metrics (no timings:
@@ -46,10 +53,7 @@ def train_student(labelled: pd.DataFrame, spec: StudentSection, out_dir: str | P
         embeddings = cache.embed(embedder, texts, desc="embed pool")
         embed_s = time.perf_counter() - start
         start = time.perf_counter()
-        model = EmbeddingHead.fit(embedder, texts, labels, embeddings=embeddings, tfidf=spec.tfidf,
-                                  tfidf_max_features=spec.tfidf_max_features,
-                                  embedding_weight=spec.embedding_weight, C=spec.C,
-                                  class_weight=spec.class_weight, seed=seed)
+        model = fit_head(spec, embedder, texts, labels, embeddings, seed)
         log(f"student: embedded {len(texts)} posts in {embed_s:.1f} s, fit the head in "
             f"{time.perf_counter() - start:.1f} s")
         train_pred = np.asarray(LABELS)[model.predict_proba(texts, embeddings).argmax(axis=1)]
