@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from finsent.data.splits import load_split, sample_rows
     from finsent.evaluation.plots import model_comparison_figure
     from finsent.teachers.cache import LabelCache
-    from finsent.teachers.compare import compare, compare_markdown
+    from finsent.teachers.compare import HEADLINE, compare, compare_markdown
     from finsent.teachers.cost import write_ledger
 
     cfg, label = flow.compare, flow.label
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     result["gold"] = {**cfg.gold.model_dump(), "n": len(sample),
                       "labels": {lab: int((sample["label"] == lab).sum()) for lab in LABELS}}
     out = Path(args.metrics_dir or workflow_metrics_dir(args.workflow))
-    write_metrics(result, out / "compare.json")
+    write_metrics(result, out / "compare.json", HEADLINE)
     (out / "compare.md").write_text(compare_markdown(result), encoding="utf-8")
     ran = {k: {"gold": v} for k, v in result["candidates"].items() if v["status"] == "ran"}
     model_comparison_figure(ran, out / "compare.png", metric=result["metric"])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.core.io import StageClock, write_csv, write_json  # noqa: E402
+from finsent.core.io import StageClock, write_csv, write_metrics  # noqa: E402
 from finsent.core.params import load_params  # noqa: E402
 from finsent.core.paths import INTERIM_DIR, METRICS_DIR  # noqa: E402
-from finsent.data.convert import UnreadableFile, convert_dataset  # noqa: E402
+from finsent.data.convert import HEADLINE, UnreadableFile, convert_dataset  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = result.stats
         print(f"convert {name}: {result.stats['rows_out']} rows, {result.stats['rejected']} rejected "
               f"({out_dir / 'rejects' / (name + '.csv')}) -> {out_dir / (name + '.csv')}")
-    write_json(summary, args.metrics)
+    write_metrics(summary, args.metrics, HEADLINE)
     return 0
 
 

@@ -1,7 +1,9 @@
 """Stage evaluate: every model in params.yaml `evaluate.models` on every test set.
 
-Writes metrics/evaluate.json (headline), metrics/per_class.json, metrics/backends.json (each other
-runtime / precision of a model against it: macro-F1 change, label agreement), metrics/reports/*.txt,
+Writes metrics/headline/evaluate.json (the DVC metric: accuracy, macro-F1 and its interval of the models in
+`evaluate.headline`), metrics/evaluate.json (every model's figures), metrics/per_class.json,
+metrics/backends.json (each other runtime / precision of a model against it: macro-F1 change, label
+agreement), metrics/student.json, metrics/reports/*.txt,
 metrics/summary.md, DVC confusion plot data metrics/plots/confusion/*.csv, PNG figures in
 metrics/plots/images/, and the predictions in predictions/<model>/<split>.csv.
 
@@ -38,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     plots_dir = metrics_dir / "plots"
     predictions_dir = Path(args.predictions_dir or workflow_predictions_dir(args.workflow))
 
-    from finsent.core.io import read_interim, write_csv, write_json
+    from finsent.core.io import read_interim, write_csv, write_json, write_metrics
     from finsent.data.splits import training_rows
-    from finsent.evaluation.evaluate import (backend_report, evaluate_all, split_metrics, student_report,
-                                             summary_markdown, test_sets_from_params)
+    from finsent.evaluation.evaluate import (backend_report, evaluate_all, headline_patterns, split_metrics,
+                                             student_report, summary_markdown, test_sets_from_params)
     from finsent.evaluation.plots import confusion_figure, metrics_by_class_figure, model_comparison_figure
 
     cfg = flow.evaluate
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                                seed=params.seed, resamples=cfg.bootstrap_resamples)
 
     heads, per_class = split_metrics(results)
-    write_json(heads, metrics_dir / "evaluate.json")
+    write_metrics(heads, metrics_dir / "evaluate.json", headline_patterns(cfg.headline_models))
     label_file = metrics_dir / "label.json"
     label_metrics = json.loads(label_file.read_text()) if label_file.exists() else None
     write_json(student_report(results, labels, label_metrics, cfg.student, cfg.teacher), metrics_dir / "student.json")

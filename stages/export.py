@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from finsent.core.io import write_metrics
     from finsent.data.splits import load_split_union, sample_rows
     from finsent.inference.classifiers import EncoderClassifier, OnnxClassifier
-    from finsent.inference.export import check_exports, export_onnx, quantize_int8
+    from finsent.inference.export import HEADLINE, check_exports, export_onnx, quantize_int8
 
     cfg = params.export
     out = Path(cfg.out)
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export: {precision} vs PyTorch fp32 on {len(texts)} validation posts: same label "
               f"{row['label_agreement']:.2%}, max |dp| {row['max_abs_prob_diff']:.2g}")
     write_metrics({"model": cfg.model, "check_rows": len(texts),
-                "fp32": {**fp32, **checks["fp32"]}, "int8": {**int8, **checks["int8"]}}, METRICS_DIR / "export.json")
+                "fp32": {**fp32, **checks["fp32"]}, "int8": {**int8, **checks["int8"]}}, METRICS_DIR / "export.json",
+                  HEADLINE)
     return 0
 
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from finsent.teachers.answers import BatchPending, TeacherUnavailable
     from finsent.teachers.cache import LabelCache
     from finsent.teachers.factory import make_teacher
-    from finsent.teachers.labelling import BudgetExceeded, best_teacher_spec, draw_pool, label_pool
+    from finsent.teachers.labelling import HEADLINE, BudgetExceeded, best_teacher_spec, draw_pool, label_pool
 
     cfg = flow.label
     pool = draw_pool(load_split(cfg.pool.split, cfg.pool.part), cfg.pool.n, params.seed)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out_dir or workflow_labelled_dir(args.workflow))
     write_csv(run.labelled, out / "pool.csv")
     write_csv(run.quarantine, out / "quarantine.csv")
-    write_metrics(run.summary, metrics_dir / "label.json")
+    write_metrics(run.summary, metrics_dir / "label.json", HEADLINE)
     write_csv(run.coverage, metrics_dir / "label_coverage.csv")
     s = run.summary
     print(f"label: {s['labelled']} labelled, {s['quarantined']} quarantined, {s['missing']} missing, "

@@ -1,7 +1,8 @@
 """Stage train: fine-tune the encoder classifier on the train splits named in params.yaml `train`.
 
 Outputs: models/encoder (best checkpoint + tokenizer + model card), runs/encoder/<hp_set>/ (TensorBoard),
-metrics/train.json and metrics/train_history.csv (validation curve, a DVC plot).
+metrics/live/train/ (DVCLive: metrics.json, the DVC metrics; plots/, the curves) and metrics/train.json
+(the run's report).
 Runs unchanged under `accelerate launch` / torchrun for multi-GPU data parallel.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import METRICS_DIR, MODELS_DIR, RUNS_DIR  # noqa: E402
+from finsent.core.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, RUNS_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)  # validated before torch / transformers are imported
 
-    from finsent.core.io import write_csv, write_metrics
+    from finsent.core.io import write_metrics
     from finsent.data.splits import load_split_union, sample_rows, training_rows
     from finsent.training.encoder import train_encoder
 
@@ -41,11 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     for stale in (out_dir, work_dir):
         shutil.rmtree(stale, ignore_errors=True)
     result = train_encoder(train_df, val_df, model_ref=cfg.model, hp=hp, hp_name=cfg.hp_set, out_dir=out_dir,
-                           log_dir=Path(args.runs_dir) / cfg.hp_set, work_dir=work_dir,
+                           log_dir=Path(args.runs_dir) / cfg.hp_set, live_dir=LIVE_DIR / "train", work_dir=work_dir,
                            patience=cfg.early_stopping_patience, max_steps=cfg.max_steps)
     if result.is_main_process:
         write_metrics(result.summary, METRICS_DIR / "train.json")
-        write_csv(result.history, METRICS_DIR / "train_history.csv")
         shutil.rmtree(work_dir, ignore_errors=True)
         print(f"best val macro-F1 {result.summary['val_macro_f1']} after {result.summary['epochs_run']} epochs "
               f"in {result.summary['train_seconds']} s -> {out_dir}")

@@ -6,7 +6,8 @@ scored on, with eval loss on its val part. Scores the base model (zero-shot) and
 the test parts of llm.eval_splits (the same rows evaluate uses: finsent.data.splits.test_rows),
 writing models/llm/predictions/{base,lora}/<split>.csv for the evaluate stage, the adapter (with its
 model card: base model, max length, hp set, data fingerprint) to models/llm/adapter, TensorBoard
-events to runs/llm/<hp_set>, and metrics/train_llm.json.
+events to runs/llm/<hp_set>, DVCLive to metrics/live/train_llm/ (the DVC metrics: losses), and the run's
+report to metrics/train_llm.json.
 Runs unchanged under `accelerate launch` for multi-GPU data parallel.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import METRICS_DIR, MODELS_DIR, RUNS_DIR  # noqa: E402
+from finsent.core.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, RUNS_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     model = add_lora(model, hp.lora, quantized=quantized, gradient_checkpointing=hp.gradient_checkpointing,
                      seed=hp.seed)
     summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    trained, history = sft_train(model, tokenizer, train_df, val_df, hp, work_dir=out_dir / "checkpoints",
-                                 log_dir=RUNS_DIR / "llm" / name, max_steps=cfg.max_steps)
+    trained = sft_train(model, tokenizer, train_df, val_df, hp, work_dir=out_dir / "checkpoints",
+                        log_dir=RUNS_DIR / "llm" / name, live_dir=LIVE_DIR / "train_llm", max_steps=cfg.max_steps)
     if not main_process:
         return 0
     summary.update(trained)
@@ -93,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
                hp_set=name, data_fingerprint=data_fingerprint(train_df["text"], train_df["label"]),
                train_rows=len(train_df))
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    write_csv(history, METRICS_DIR / "train_llm_history.csv")
     score("lora")
     write_metrics(summary, METRICS_DIR / "train_llm.json")
     return 0

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         raise SystemExit(f"train_student: {exc}") from None
 
-    from finsent.core.io import read_interim, write_json
-    from finsent.training.student import train_student
+    from finsent.core.io import read_interim, write_metrics
+    from finsent.training.student import HEADLINE, train_student
 
     labelled = read_interim(workflow_labelled_dir(args.workflow) / "pool.csv")
     out = student_dir(args.workflow)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{len(teachers)} teachers ({teachers}); rerun the label stage")
     report = train_student(labelled, flow.student, out, seed=params.seed, cache_dir=flow.label.cache_dir,
                            teacher=teachers[0])
-    write_json(report, workflow_metrics_dir(args.workflow) / "train.json")
+    write_metrics(report, workflow_metrics_dir(args.workflow) / "train.json", HEADLINE)
     print(f"train_student {args.workflow}: {report['train_rows']} rows from {report['teacher']}, "
           f"{report['features']} features, fit to the teacher {report['train_accuracy_vs_teacher']:.3f} -> {out}")
     return 0

@@ -40,7 +40,7 @@ def tweets(params):
 @pytest.fixture(scope="session")
 def finetuned(tmp_path_factory, fpb, params):
     """A short real fine-tune of the packaged MiniLM (480 FPB AllAgree sentences, 2 epochs, ~1 min):
-    (model directory, train summary, history, validation rows, the FPB split's parts)."""
+    (model directory, train summary, DVCLive directory, validation rows, the FPB split's parts)."""
     from finsent.data.split import make_split
     from finsent.training.encoder import train_encoder
 
@@ -50,8 +50,8 @@ def finetuned(tmp_path_factory, fpb, params):
     val = parts["val"][parts["val"]["agreement"] == 1.0].head(120)
     hp = params.hp_sets["tiny"].model_copy(update={"epochs": 2, "learning_rate": 2e-4})
     out = train_encoder(train, val, model_ref=MINILM, hp=hp, hp_name="tiny", out_dir=tmp / "model",
-                        log_dir=tmp / "runs", work_dir=tmp / "work", patience=2)
-    return tmp / "model", out.summary, out.history, val, parts
+                        log_dir=tmp / "runs", live_dir=tmp / "live", work_dir=tmp / "work", patience=2)
+    return tmp / "model", out.summary, tmp / "live", val, parts
 
 
 def build_tiny_llama(out: Path, texts: list[str], layers: int = 2, hidden: int = 64) -> Path:

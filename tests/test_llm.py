@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -96,9 +97,11 @@ def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):
     model = add_lora(model, LoraSpec(r=8, alpha=128, dropout=0.0), quantized=False)
     hp = LLMHP(model=tiny_lm, learning_rate=5e-3, batch_size=12, grad_accum=1, epochs=5, max_length=128, seed=0,
                warmup=0.0, scheduler="constant", logging_steps=1)
-    summary, history = sft_train(model, tok, rows, None, hp, work_dir=tmp_path / "w", log_dir=tmp_path / "tb")
+    summary = sft_train(model, tok, rows, None, hp, work_dir=tmp_path / "w", log_dir=tmp_path / "tb",
+                        live_dir=tmp_path / "live")
     assert summary["steps"] == 5 * 3 and summary["last_loss"] < 0.5 * summary["first_loss"], summary
-    assert history["step"].tolist() == list(range(1, 16)) and abs(history["train_loss"].iloc[-1] - summary["last_loss"]) < 1e-3
+    curve = pd.read_csv(tmp_path / "live/plots/metrics/train/loss.tsv", sep="\t")  # DVCLive, by optimiser step
+    assert curve["step"].tolist() == list(range(1, 16)) and abs(curve["loss"].iloc[-1] - summary["last_loss"]) < 1e-3
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     probs = score_labels(model, tok, rows["text"])
     acc = (np.array([LABELS[i] for i in probs.argmax(1)]) == rows["label"]).mean()

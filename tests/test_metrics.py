@@ -98,3 +98,50 @@ def test_timings_leave_the_compared_metrics_for_their_own_file(tmp_path):
     assert timing_path(path) == tmp_path / "metrics" / "timing" / "label.json"
     assert json.loads(timing_path(path).read_text()) == {
         "seconds": 1.5, "posts_per_second": 10.0, "candidates": {"a": {"wall_seconds": 2.0}}, "train_seconds": 9.0}
+
+
+def test_the_headline_is_what_dvc_compares_and_the_report_keeps_everything(tmp_path):
+    """write_metrics with headline patterns: the report (every field but timings) at its path, the matching
+    leaves at metrics/headline/<file> (the DVC metric), intervals as two numbers; dotted model names work."""
+    import json
+
+    from finsent.core.io import headline_path, write_metrics
+    from finsent.evaluation.evaluate import headline_patterns
+
+    report = {"gpt-3.5-turbo": {"forum": {"accuracy": 0.53, "macro_f1": 0.5, "macro_f1_ci": [0.4, 0.6],
+                                          "weighted_f1": 0.52, "n": 100}},
+              "student": {"forum": {"accuracy": 0.61, "macro_f1": 0.6, "macro_f1_ci": [0.5, 0.7], "n": 100}},
+              "majority": {"forum": {"accuracy": 0.45, "macro_f1": 0.2, "macro_f1_ci": [0.2, 0.2], "n": 100}}}
+    path = tmp_path / "metrics" / "evaluate.json"
+    write_metrics({**report, "seconds": 3.0}, path, headline_patterns(["student", "gpt-3.5-turbo"]))
+    assert json.loads(path.read_text()) == report
+    assert headline_path(path) == tmp_path / "metrics" / "headline" / "evaluate.json"
+    assert json.loads(headline_path(path).read_text()) == {
+        "gpt-3.5-turbo": {"forum": {"accuracy": 0.53, "macro_f1": 0.5, "macro_f1_ci_low": 0.4, "macro_f1_ci_high": 0.6}},
+        "student": {"forum": {"accuracy": 0.61, "macro_f1": 0.6, "macro_f1_ci_low": 0.5, "macro_f1_ci_high": 0.7}}}
+    # Without patterns there is no headline file (the stage's DVC metric is elsewhere, e.g. DVCLive's).
+    write_metrics(report, tmp_path / "metrics" / "train.json")
+    assert not (tmp_path / "metrics" / "headline" / "train.json").exists()
+    assert not (tmp_path / "metrics" / "timing" / "train.json").exists()  # no timings, no timing file
+
+
+def test_trainer_logs_reach_dvclive_under_clear_names_without_timings():
+    from finsent.training.common import live_metric_name
+
+    assert live_metric_name("eval_macro_f1") == "eval/macro_f1" and live_metric_name("eval_loss") == "eval/loss"
+    assert live_metric_name("loss") == "train/loss" and live_metric_name("train_loss") == "train/mean_loss"
+    assert live_metric_name("epoch") == "epoch" and live_metric_name("grad_norm") == "train/grad_norm"
+    for timing in ("train_runtime", "eval_runtime", "eval_samples_per_second", "train_steps_per_second", "total_flos"):
+        assert live_metric_name(timing) is None, timing
+
+
+def test_headline_models_must_be_evaluated_models():
+    from finsent.core.params import load_params
+
+    params = load_params()
+    assert params.evaluate.headline_models == ["encoder", "llm_lora"]
+    assert params.workflows["forum"].evaluate.headline_models == ["student"]  # null: the student
+    data = params.evaluate.model_dump()
+    data["headline"] = ["encoder", "llm_lorra"]
+    with pytest.raises(ValueError, match="did you mean 'llm_lora'"):
+        type(params.evaluate).model_validate(data)

@@ -1,7 +1,10 @@
 """Model references, encoder inference and a short real fine-tune of the packaged MiniLM."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from finsent.core.refs import resolve_model_ref
@@ -90,11 +93,19 @@ def test_zero_shot_embedding_reads_obvious_sentences():
 
 @pytest.mark.slow
 def test_short_finetune_learns_and_saves(finetuned):
-    model_dir, summary, history, val, _ = finetuned
+    model_dir, summary, live, val, _ = finetuned
     runs = model_dir.parent / "runs"
     assert summary["val_macro_f1"] > 0.6, summary
-    assert len(history) == 2 and history["val_macro_f1"].max() == pytest.approx(summary["val_macro_f1"], abs=1e-3)
     assert list(runs.glob("events.out.tfevents.*"))
+    # DVCLive: one validation row per epoch, then the best checkpoint's (the last value = the summary's),
+    # at the Trainer's global steps; no timing in the metrics DVC compares.
+    curve = pd.read_csv(live / "plots/metrics/eval/macro_f1.tsv", sep="\t")
+    assert len(curve) == 3 and curve["step"].tolist() == sorted(curve["step"]) and curve["step"].iloc[-1] == summary["steps"]
+    assert curve["macro_f1"].iloc[-1] == pytest.approx(curve["macro_f1"].iloc[:2].max()) == pytest.approx(summary["val_macro_f1"], abs=1e-3)
+    logged = json.loads((live / "metrics.json").read_text())
+    assert logged["eval"]["macro_f1"] == pytest.approx(summary["val_macro_f1"], abs=1e-3) and "loss" in logged["train"]
+    assert not [k for k in json.dumps(logged).split('"') if "runtime" in k or "per_second" in k], logged
+    assert not (live / "params.yaml").exists() and not (live / "dvc.yaml").exists()
     reloaded = EncoderClassifier(str(model_dir))
     acc = (reloaded.predict_proba(val["text"].tolist()).argmax(1) ==
            val["label"].map({"negative": 0, "neutral": 1, "positive": 2}).to_numpy()).mean()

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from finsent.pipeline.ci import commit_all, gate, reproduce, run
+from finsent.pipeline.ci import GATED, commit_all, gate, metric_files, reproduce, run
 from finsent.core.params import load_params
 from finsent.evaluation import evaluate
 
@@ -80,15 +80,23 @@ def test_metrics_cover_every_model_and_test_set(repo):
         assert ev["encoder"][test]["macro_f1"] > ev["majority"][test]["macro_f1"] + 0.2
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["hp_set"] == "tiny" and train["train_rows"] == 1200
-    history = pd.read_csv(repo / "metrics/train_history.csv")
-    assert len(history) >= 1 and history["val_macro_f1"].notna().all()
+    live = json.loads((repo / "metrics/live/train/metrics.json").read_text())  # DVCLive: the best checkpoint's last
+    assert live["eval"]["macro_f1"] == pytest.approx(train["val_macro_f1"], abs=1e-3) and live["step"] == train["steps"]
+    curve = pd.read_csv(repo / "metrics/live/train/plots/metrics/eval/macro_f1.tsv", sep="\t")
+    assert len(curve) >= 2 and curve["macro_f1"].notna().all()
     # The LLM: no model trained on FPB's train rows is scored on the balanced test; the LoRA run learns.
     assert set(ev["encoder"]) == {"fpb", "fpb_allagree", "tweets"} and "fpb_balanced" in ev["llm_lora"]
     assert ev["llm_lora"]["fpb_balanced"]["accuracy"] > ev["llm_base"]["fpb_balanced"]["accuracy"] + 0.1
     llm = json.loads((repo / "metrics/train_llm.json").read_text())
     assert llm["train_rows"] == 96 and llm["last_loss"] < llm["first_loss"]
-    llm_history = pd.read_csv(repo / "metrics/train_llm_history.csv")
-    assert len(llm_history) >= 2 and llm_history["train_loss"].notna().all()
+    llm_curve = pd.read_csv(repo / "metrics/live/train_llm/plots/metrics/train/loss.tsv", sep="\t")
+    assert len(llm_curve) >= 2 and llm_curve["loss"].iloc[-1] == pytest.approx(llm["last_loss"], abs=1e-3)
+    # The DVC metric of evaluate is the headline: the headline models' accuracy, macro-F1 and its interval.
+    head = json.loads((repo / "metrics/headline/evaluate.json").read_text())
+    assert set(head) == set(params.evaluate.headline) == {"encoder", "llm_lora"}
+    assert head["encoder"]["fpb"] == {"accuracy": ev["encoder"]["fpb"]["accuracy"], "macro_f1": ev["encoder"]["fpb"]["macro_f1"],
+                                      "macro_f1_ci_low": ev["encoder"]["fpb"]["macro_f1_ci"][0],
+                                      "macro_f1_ci_high": ev["encoder"]["fpb"]["macro_f1_ci"][1]}
 
 
 def test_export_and_backends(repo):
@@ -153,11 +161,27 @@ def test_second_repro_does_nothing_and_dvc_reads_metrics(repo):
     assert shown  # dvc parses every declared metrics file
 
 
+def test_dvc_compares_headlines_not_reports(repo):
+    """`dvc exp show` lists the metrics DVC knows: the headline files and DVCLive's summaries, a few dozen
+    numbers, not every per-class figure of every model (that detail is in the reports, plain outputs)."""
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, capture_output=True).stdout)
+    files = shown[next(iter(shown))]["data"]
+
+    def leaves(node):
+        return sum(leaves(v) for v in node.values()) if isinstance(node, dict) else 1
+
+    assert set(files) == {f"metrics/{name}" for name in metric_files(repo)} - {f"metrics/{g}" for g in GATED}
+    assert all("/headline/" in f or "/live/" in f for f in files), sorted(files)
+    assert sum(leaves(f["data"]) for f in files.values()) <= 90, {k: leaves(f["data"]) for k, f in files.items()}
+    header = run(["dvc", "exp", "show", "--csv"], repo, capture_output=True).stdout.splitlines()[0]
+    assert not any(word in header for word in ("negative.recall", "macro_precision", "seconds")), header
+
+
 def test_a_rerun_of_the_same_code_changes_no_metric(repo):
     """Timings (seconds, rows/s) live in metrics/**/timing/*.json, not in the DVC metrics: forcing the timed
     stages to run again on the same commit rewrites those files and leaves `dvc metrics diff` empty."""
     commit_all(repo, "the CI configuration's run")
-    stages = ["label", "compare_forum", "label_forum"]
+    stages = ["train", "label", "compare_forum", "label_forum"]  # train: DVCLive's metrics too
     before = {s: (repo / p).read_text() for s, p in (("label", "metrics/timing/label.json"),
                                                      ("compare_forum", "metrics/forum/timing/compare.json"))}
     assert "seconds" in before["label"] and "wall_seconds" in before["compare_forum"]

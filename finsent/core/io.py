@@ -1,9 +1,10 @@
 """File helpers shared by the stages: UTF-8 CSV and JSON in, out."""
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -39,14 +40,19 @@ TIMING_FIELDS = frozenset({"seconds", "wall_seconds", "train_seconds", "base_sco
                            "seconds_per_step", "train_rows_per_second", "posts_per_second", "export_s", "quantize_s"})
 
 
+def is_timing(key: str) -> bool:
+    """A field that measures time: one of TIMING_FIELDS, or a Trainer log's ``*_runtime`` / ``*_per_second``."""
+    return key in TIMING_FIELDS or key.endswith(("_runtime", "_per_second"))
+
+
 def split_timings(report: Any) -> tuple[Any, Any]:
-    """``(metrics, timings)``: the report without its TIMING_FIELDS (at any depth), and those fields alone
+    """``(metrics, timings)``: the report without its timing fields (:func:`is_timing`, at any depth), and those fields alone
     in the same nesting (None when there are none)."""
     if not isinstance(report, dict):
         return report, None
     metrics, timings = {}, {}
     for key, value in report.items():
-        if key in TIMING_FIELDS:
+        if is_timing(key):
             timings[key] = value
             continue
         metrics[key], inner = split_timings(value)
@@ -61,11 +67,53 @@ def timing_path(metrics_path: str | Path) -> Path:
     return path.parent / "timing" / path.name
 
 
-def write_metrics(report: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """Write a stage's metrics to ``path`` and its timings to :func:`timing_path`; returns the metrics."""
+def headline_path(metrics_path: str | Path) -> Path:
+    """metrics/<x>.json -> metrics/headline/<x>.json: the few numbers of a report that DVC compares."""
+    path = Path(metrics_path)
+    return path.parent / "headline" / path.name
+
+
+def _leaves(report: Any, keys: tuple[str, ...] = ()):
+    if isinstance(report, dict) and report:
+        for key, value in report.items():
+            yield from _leaves(value, (*keys, str(key)))
+    elif keys:
+        yield keys, report
+
+
+def headline(report: dict[str, Any], patterns: Iterable[str]) -> dict[str, Any]:
+    """The leaves of ``report`` whose dotted path matches one of ``patterns`` (fnmatch: ``*`` spans dots),
+    in the report's nesting. DVC shows no lists, so an interval ``[low, high]`` under a key ending in
+    ``_ci`` becomes two numbers, ``<key>_low`` and ``<key>_high``."""
+    patterns = list(patterns)
+    out: dict[str, Any] = {}
+    for keys, value in _leaves(report):
+        path = ".".join(keys)  # keys may hold dots themselves (gpt-3.5-turbo): matched joined, rebuilt as keys
+        if not any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns):
+            continue
+        *parents, key = keys
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        if key.endswith("_ci") and isinstance(value, (list, tuple)) and len(value) == 2:
+            node[f"{key}_low"], node[f"{key}_high"] = value
+        else:
+            node[key] = value
+    return out
+
+
+def write_metrics(report: dict[str, Any], path: str | Path, headline_patterns: Iterable[str] | None = None
+                  ) -> dict[str, Any]:
+    """Write a stage's report to ``path`` (everything but timings: a git-tracked output to read and to
+    gate on), its timings (if it has any) to :func:`timing_path` and, with ``headline_patterns``, the
+    leaves that match them to :func:`headline_path` (the DVC metric: what `dvc exp show` and
+    `dvc metrics diff` compare). Returns the report without its timings."""
     metrics, timings = split_timings(report)
     write_json(metrics, path)
-    write_json(timings or {}, timing_path(path))
+    if timings:
+        write_json(timings, timing_path(path))
+    if headline_patterns is not None:
+        write_json(headline(metrics, headline_patterns), headline_path(path))
     return metrics
 
 

@@ -17,6 +17,7 @@ PREDICTIONS_DIR = Path("predictions")  # evaluate's predictions per model and te
 RUNS_DIR = Path("runs")
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = METRICS_DIR / "plots"
+LIVE_DIR = METRICS_DIR / "live"        # DVCLive per training stage: metrics.json (DVC metric) + plots/
 
 
 def workflow_metrics_dir(workflow: str | None) -> Path:

@@ -257,15 +257,22 @@ class EvaluateSection(Section):
     student: str = Field("encoder", description="the evaluated model that is the student (student.json)")
     teacher: str | None = Field(None, description="the evaluated model that is its teacher, if it can be "
                                                   "scored on the test sets (else the label stage's agreement)")
+    headline: list[str] | None = Field(None, description="the models whose accuracy, macro-F1 and interval per "
+                                                         "test set are DVC metrics (null: the student)")
 
     @model_validator(mode="after")
     def _roles_are_models(self) -> "EvaluateSection":
-        for role in ("student", "teacher"):
-            name = getattr(self, role)
+        roles = [("student", self.student), ("teacher", self.teacher)]
+        roles += [(f"headline[{i}]", name) for i, name in enumerate(self.headline or [])]
+        for role, name in roles:
             if name is not None and name not in self.models:
                 hint = closest(name, list(self.models))
                 raise ValueError(f"{role}: '{name}' is not one of the models" + (f" (did you mean '{hint}'?)" if hint else ""))
         return self
+
+    @property
+    def headline_models(self) -> list[str]:
+        return list(self.headline) if self.headline is not None else [self.student]
 
 
 # ---- train_llm -------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ OUTPUT_COLUMNS = ["id", "text", "label", "source", "dataset", "agreement", "offi
 REJECT_COLUMNS = ["dataset", "file", "row", "text", "raw_label", "reason"]
 TABULAR_FORMATS = ("csv", "parquet", "jsonl", "pickle")
 FORMATS = ("phrasebank",) + TABULAR_FORMATS
+HEADLINE = ("*.rejected",)  # what `dvc exp show` compares of the report: the rejected records per dataset
 
 
 @dataclass

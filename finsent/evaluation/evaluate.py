@@ -19,6 +19,7 @@ runtime): :func:`backend_report` puts its macro-F1 change and label agreement ne
 """
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -174,6 +175,15 @@ def summary_markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
                  if t in per_test else "— | — | —" for t in tests]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+HEADLINE_FIELDS = ("accuracy", "macro_f1", "macro_f1_ci")  # per headline model and test set: the DVC metrics
+
+
+def headline_patterns(models: list[str]) -> list[str]:
+    """core.io.headline patterns that keep HEADLINE_FIELDS of ``models`` from the evaluate report (the
+    rest of it, every model's weighted-F1, P/R, n and accuracy interval, stays in metrics/evaluate.json)."""
+    return [f"{glob.escape(model)}.*.{field}" for model in models for field in HEADLINE_FIELDS]
 
 
 def split_metrics(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tuple[dict, dict]:

@@ -27,6 +27,8 @@ from finsent.evaluation.metrics import agreement as label_agreement
 from finsent.evaluation.metrics import probs_to_labels
 from finsent.inference.classifiers import ONNX_FILE
 
+# What `dvc exp show` compares of the export report: each export's label agreement with PyTorch fp32.
+HEADLINE = ("*.label_agreement",)
 SUPPORT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 

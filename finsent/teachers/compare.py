@@ -19,6 +19,10 @@ from finsent.teachers.cache import LabelCache
 from finsent.teachers.cost import estimate_cost, price_of, usage_totals
 from finsent.teachers.factory import make_teacher
 
+# What `dvc exp show` compares of compare's report (metrics/headline/compare.json): the winner and each
+# candidate's score; intervals, confusion matrices and costs stay in the report (metrics/compare.json).
+HEADLINE = ("best", "candidates.*.macro_f1")
+
 
 AnyCandidate = LocalCandidate | OpenAICandidate | RecordedCandidate
 

@@ -19,6 +19,10 @@ from finsent.teachers.answers import Answer
 from finsent.teachers.cache import LabelCache
 from finsent.teachers.cost import usage_totals, write_ledger
 
+# What `dvc exp show` compares of the label report: how many posts got a label, how many were quarantined,
+# and (where the pool has gold) the teacher's accuracy. Cache hits and this run's spend are facts of a run.
+HEADLINE = ("labelled", "quarantined", "agreement_with_gold.accuracy")
+
 
 class BudgetExceeded(RuntimeError):
     """The estimate for the posts not yet answered is above ``label.max_cost_usd``."""

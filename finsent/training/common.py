@@ -1,14 +1,12 @@
 """What every HF Trainer run here shares (the encoder and the LoRA SFT): one builder for the
-arguments, TensorBoard on rank 0, and one way to turn the log history into a DVC plot file."""
+arguments, and TensorBoard + DVCLive on rank 0."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import pandas as pd
-
+from finsent.core.io import is_timing
 from finsent.core.runtime import use_cuda
 from finsent.core.schema import TrainerHP
 
@@ -42,40 +40,58 @@ def trainer_arguments(config_cls, hp: TrainerHP, *, work_dir: str | Path, max_st
     return config_cls(**(common | specific))
 
 
-def tensorboard_callbacks(log_dir: str | Path) -> list:
-    """A TensorBoard callback writing to ``log_dir`` (transformers 5 dropped ``logging_dir``);
-    none on the non-zero ranks of a multi-process run, so only rank 0 writes events."""
+def logging_callbacks(log_dir: str | Path, live_dir: str | Path) -> list:
+    """TensorBoard events in ``log_dir`` (transformers 5 dropped ``logging_dir``) and DVCLive in
+    ``live_dir`` (its metrics.json is a DVC metric, its plots/ DVC plots: `dvc exp show` lists the latest
+    values of a running or queued experiment, and DVC's VS Code extension and Studio plot them). None on the
+    non-zero ranks of a multi-process run, so only rank 0 writes."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
     if int(os.environ.get("RANK", "0")) != 0:
         return []
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))]
+    return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir))), dvclive_callback(live_dir)]
 
 
-def history_frame(log_history: list[dict[str, Any]], per: Literal["evaluation", "step"]) -> pd.DataFrame:
-    """The Trainer's log history as a table for a DVC plot.
+NOT_LOGGED = frozenset({"total_flos"})  # a Trainer log field that is no one's metric
 
-    ``evaluation``: one row per evaluation (epoch, step, the latest training loss, validation loss,
-    accuracy and macro-F1): the encoder's curve. ``step``: one row per logged training step (step,
-    epoch, training loss, learning rate): the SFT loss curve.
-    """
-    rows, last_loss = [], math.nan
-    for entry in log_history:
-        if per == "step":
-            if "loss" in entry:
-                rows.append({"step": int(entry["step"]), "epoch": round(float(entry.get("epoch", 0)), 4),
-                             "train_loss": float(entry["loss"]),
-                             "learning_rate": float(entry.get("learning_rate", 0.0))})
-            continue
-        if "loss" in entry:
-            last_loss = entry["loss"]
-        if "eval_macro_f1" in entry:
-            rows.append({"epoch": round(float(entry.get("epoch", 0)), 3), "step": int(entry.get("step", 0)),
-                         "train_loss": last_loss, "val_loss": entry.get("eval_loss"),
-                         "val_accuracy": entry.get("eval_accuracy"), "val_macro_f1": entry.get("eval_macro_f1")})
-    if per == "step":
-        return pd.DataFrame(rows, columns=["step", "epoch", "train_loss", "learning_rate"]).round(6)
-    columns = ["epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_macro_f1"]
-    return pd.DataFrame(rows, columns=columns).round(4)
+
+def live_metric_name(key: str) -> str | None:
+    """The DVCLive name of a Trainer log field: ``eval_x`` -> ``eval/x``; the run's mean training loss
+    (``train_loss``, logged once at the end) -> ``train/mean_loss``; ``epoch`` as is; any other field of a
+    training step -> ``train/<field>``. None for timings (they change on every run, so they stay out of the
+    metrics DVC compares) and NOT_LOGGED."""
+    if is_timing(key) or key in NOT_LOGGED:
+        return None
+    if key.startswith("eval_"):
+        return f"eval/{key[len('eval_'):]}"
+    if key == "train_loss":
+        return "train/mean_loss"
+    return key if key == "epoch" else f"train/{key}"
+
+
+def dvclive_callback(live_dir: str | Path):
+    """transformers' DVCLiveCallback on a ``Live`` in ``live_dir`` that leaves dvc.yaml alone (the stage
+    declares the files) and makes no experiment of its own (`dvc exp run` does); it logs at the Trainer's
+    global step (plots over optimiser steps, not over log calls), under :func:`live_metric_name`, and does
+    not dump the TrainingArguments as DVCLive params (params.yaml owns the knobs)."""
+    from dvclive import Live
+    from dvclive.plots import Metric
+    from transformers.integrations import DVCLiveCallback
+
+    class FinsentDVCLive(DVCLiveCallback):
+        def setup(self, args, state, model):
+            self._initialized = True
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            self.live.step = int(state.global_step)
+            for key, value in (logs or {}).items():
+                name = live_metric_name(key)
+                if name is not None and Metric.could_log(value):
+                    self.live.log_metric(name, value)
+            self.live.next_step()
+
+    return FinsentDVCLive(live=Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False))

@@ -22,7 +22,7 @@ from finsent.core.refs import resolve_model_ref
 from finsent.core.runtime import device_name, use_cuda
 from finsent.core.schema import EncoderHP
 from finsent.evaluation.metrics import accuracy_and_macro_f1
-from finsent.training.common import history_frame, tensorboard_callbacks, trainer_arguments
+from finsent.training.common import logging_callbacks, trainer_arguments
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -57,7 +57,6 @@ def _compute_metrics(eval_pred) -> dict[str, float]:
 @dataclass
 class TrainOutput:
     summary: dict[str, Any]
-    history: pd.DataFrame
     is_main_process: bool = True
 
 
@@ -78,10 +77,12 @@ def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: flo
 
 
 def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: str, hp: EncoderHP,
-                  hp_name: str, out_dir: str | Path, log_dir: str | Path, work_dir: str | Path,
-                  patience: int = 2, max_steps: int | None = None) -> TrainOutput:
+                  hp_name: str, out_dir: str | Path, log_dir: str | Path, live_dir: str | Path,
+                  work_dir: str | Path, patience: int = 2, max_steps: int | None = None) -> TrainOutput:
     """Fine-tune ``model_ref`` on ``train_df`` (columns text, label), early-stopping on ``val_df``.
-    The saved directory carries a model card (base model, max length, hp set, data fingerprint)."""
+    The saved directory carries a model card (base model, max length, hp set, data fingerprint).
+    The curves go to TensorBoard (``log_dir``) and DVCLive (``live_dir``): training loss by step,
+    validation loss, accuracy and macro-F1 by epoch, and last the best checkpoint's validation figures."""
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               EarlyStoppingCallback, Trainer, TrainingArguments, set_seed)
 
@@ -115,13 +116,12 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
         optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": groups, "lr": hp.learning_rate}),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
         processing_class=tokenizer, compute_metrics=_compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience), *tensorboard_callbacks(log_dir)],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience), *logging_callbacks(log_dir, live_dir)],
     )
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
-    history = history_frame(trainer.state.log_history, per="evaluation")
-    final = trainer.evaluate()  # the best checkpoint is loaded at the end
+    final = trainer.evaluate()  # the best checkpoint is loaded at the end (DVCLive logs its figures last)
     out_dir = Path(out_dir)
     trainer.save_model(str(out_dir))  # rank 0 only under accelerate/torchrun
     if trainer.is_world_process_zero():
@@ -145,4 +145,4 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
         "train_rows_per_second": round(len(train_ds) * float(trainer.state.epoch or 0) / seconds, 1),
         "device": device_name(),
     }
-    return TrainOutput(summary=summary, history=history, is_main_process=trainer.is_world_process_zero())
+    return TrainOutput(summary=summary, is_main_process=trainer.is_world_process_zero())

@@ -12,7 +12,7 @@ import torch
 from finsent.core.prompts import render_completion, render_prompt
 from finsent.core.runtime import use_cuda
 from finsent.core.schema import LLMHP, LoraSpec
-from finsent.training.common import history_frame, tensorboard_callbacks, trainer_arguments
+from finsent.training.common import logging_callbacks, trainer_arguments
 
 
 def add_lora(model, spec: LoraSpec, *, quantized: bool, gradient_checkpointing: bool = False, seed: int = 0):
@@ -64,9 +64,10 @@ def sft_records(tokenizer, frame: pd.DataFrame) -> list[dict[str, str]]:
 
 
 def sft_train(model, tokenizer, train_df: pd.DataFrame, eval_df: pd.DataFrame | None, hp: LLMHP, *,
-              work_dir: str | Path, log_dir: str | Path,
-              max_steps: int | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
-    """LoRA SFT with trl; returns (summary: losses, steps, seconds, peak GPU memory; loss history)."""
+              work_dir: str | Path, log_dir: str | Path, live_dir: str | Path,
+              max_steps: int | None = None) -> dict[str, Any]:
+    """LoRA SFT with trl; returns its summary (losses, steps, seconds, peak GPU memory). The loss curve
+    goes to TensorBoard (``log_dir``) and DVCLive (``live_dir``)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -88,7 +89,7 @@ def sft_train(model, tokenizer, train_df: pd.DataFrame, eval_df: pd.DataFrame | 
     train_ds = Dataset.from_list(sft_records(tokenizer, train_df))
     eval_ds = Dataset.from_list(sft_records(tokenizer, eval_df)) if has_eval else None
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, callbacks=tensorboard_callbacks(log_dir))
+                         processing_class=tokenizer, callbacks=logging_callbacks(log_dir, live_dir))
     cuda = use_cuda()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -109,4 +110,4 @@ def sft_train(model, tokenizer, train_df: pd.DataFrame, eval_df: pd.DataFrame | 
     }
     if cuda:
         summary["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-    return summary, history_frame(trainer.state.log_history, per="step")
+    return summary

@@ -17,6 +17,8 @@ from finsent.core.schema import StudentSection
 from finsent.inference.embedding_head import EmbeddingCache, EmbeddingHead, load_embedder
 
 EMBEDDING_CACHE = "embeddings.sqlite"   # under label.cache_dir, next to the teacher's answer cache
+# What `dvc exp show` compares of the training report: how well the head fits its teacher's labels.
+HEADLINE = ("train_accuracy_vs_teacher",)
 
 
 def training_pool(labelled: pd.DataFrame, spec: StudentSection, seed: int) -> tuple[pd.DataFrame, dict[str, int]]:
