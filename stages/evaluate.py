@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     results, predictions, pairs = evaluate_all(cfg.models, test_sets, train_df, max_rows=cfg.max_rows,
                                                seed=params.seed, resamples=cfg.bootstrap_resamples)
 
-    heads, per_class = split_metrics(results)
-    write_metrics(heads, metrics_dir / "evaluate.json", headline_patterns(cfg.headline_models))
+    report, per_class = split_metrics(results)
+    write_metrics(report, metrics_dir / "evaluate.json", headline_patterns(cfg.headline_models))
     label_file = metrics_dir / "label.json"
     label_metrics = json.loads(label_file.read_text()) if label_file.exists() else None
     write_json(student_report(results, labels, label_metrics, cfg.student, cfg.teacher), metrics_dir / "student.json")

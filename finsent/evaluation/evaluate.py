@@ -187,7 +187,8 @@ def headline_patterns(models: list[str]) -> list[str]:
 
 
 def split_metrics(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> tuple[dict, dict]:
-    """(headline metrics, per-class metrics) nested model -> test set, ready for JSON."""
+    """(the report: every model's figures without the per-class detail; per-class metrics) nested model ->
+    test set, ready for JSON. The DVC metric is the part of the report that :func:`headline_patterns` keeps."""
     heads = {m: {t: headline(v) for t, v in per.items()} for m, per in results.items()}
     per_class = {m: {t: v["per_class"] for t, v in per.items()} for m, per in results.items()}
     return heads, per_class
