@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from safetensors import safe_open
 
 from finsent.core.refs import resolve_model_ref
+from finsent.core.runtime import native_bf16
 from finsent.inference.classifiers import EmbeddingZeroShot, EncoderClassifier, label_matrix, load_classifier
 
 from .conftest import MINILM
@@ -106,6 +108,10 @@ def test_short_finetune_learns_and_saves(finetuned):
     assert logged["eval"]["macro_f1"] == pytest.approx(summary["val_macro_f1"], abs=1e-3) and "loss" in logged["train"]
     assert not [k for k in json.dumps(logged).split('"') if "runtime" in k or "per_second" in k], logged
     assert not (live / "params.yaml").exists() and not (live / "dvc.yaml").exists()
+    # bf16 mixed precision where the CPU multiplies bf16 natively (hp `bf16: auto`); the weights stay float32.
+    assert summary["bf16_mixed_precision"] == native_bf16(), summary
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"torch.float32"}
     reloaded = EncoderClassifier(str(model_dir))
     acc = (reloaded.predict_proba(val["text"].tolist()).argmax(1) ==
            val["label"].map({"negative": 0, "neutral": 1, "positive": 2}).to_numpy()).mean()

@@ -129,7 +129,9 @@ class TrainerHP(Section):
     weight_decay: float = 0.0
     max_length: int = Field(description="tokens per example; carried in the model card to every consumer")
     seed: int
-    bf16: bool = Field(False, description="bf16 mixed precision (CUDA only)")
+    bf16: bool | Literal["auto"] = Field(
+        "auto", description="bf16 mixed precision (float32 weights, bf16 matmuls); auto: where the hardware "
+                            "multiplies bf16 natively (CUDA, or a CPU with AVX512-BF16/AMX)")
     scheduler: str = Field("linear", description="transformers lr_scheduler_type")
     logging_steps: int = 25
 
@@ -301,6 +303,9 @@ class LLMHP(TrainerHP):
     optim: str = "adamw_torch"
     gradient_checkpointing: bool = False
     logging_steps: int = 5
+    # Off unless a recipe asks: `dtype` already sets the base's compute, and accelerate leaves the trained model's
+    # forward under autocast, so the before/after scoring would run in bf16 too (the phi2-qlora recipe asks).
+    bf16: bool | Literal["auto"] = Field(False, description="bf16 mixed precision while training")
 
 
 class LLMSection(Section):

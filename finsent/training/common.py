@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from finsent.core.io import is_timing
-from finsent.core.runtime import use_cuda
+from finsent.core.runtime import mixed_bf16, use_cuda
 from finsent.core.schema import TrainerHP
 
 
@@ -34,7 +34,7 @@ def trainer_arguments(config_cls, hp: TrainerHP, *, work_dir: str | Path, max_st
         logging_first_step=True,
         report_to=[],
         use_cpu=not cuda,
-        bf16=bool(hp.bf16) and cuda,
+        bf16=mixed_bf16(hp.bf16),
         dataloader_num_workers=0,
     )
     return config_cls(**(common | specific))
