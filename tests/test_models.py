@@ -116,3 +116,28 @@ def test_short_finetune_learns_and_saves(finetuned):
     acc = (reloaded.predict_proba(val["text"].tolist()).argmax(1) ==
            val["label"].map({"negative": 0, "neutral": 1, "positive": 2}).to_numpy()).mean()
     assert acc == pytest.approx(summary["val_accuracy"], abs=1e-3)
+
+
+def test_optimizer_groups_decay_the_lr_layer_by_layer():
+    """Layer-wise LR decay on the packaged MiniLM (6 layers): the top layer learns at the LR, each one below
+    at `decay` times the one above, the embeddings one step further; the head keeps its multiplier; every
+    trainable parameter is in exactly one group; decay 1 leaves two LRs (body, head)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from finsent.training.encoder import optimizer_groups
+
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_ref(MINILM), num_labels=3)
+    lr_of = lambda groups: {id(p): g["lr"] for g in groups for p in g["params"]}  # noqa: E731
+    groups = optimizer_groups(model, 1e-4, 0.01, head_multiplier=10, layer_decay=0.5)
+    lrs = lr_of(groups)
+    params = dict(model.named_parameters())
+    assert sum(len(g["params"]) for g in groups) == len(lrs) == len(params)
+    expected = {"bert.encoder.layer.5.output.dense.weight": 1e-4, "bert.encoder.layer.4.attention.self.query.bias": 5e-5,
+                "bert.encoder.layer.0.intermediate.dense.weight": 1e-4 * 0.5 ** 5,
+                "bert.embeddings.word_embeddings.weight": 1e-4 * 0.5 ** 6,
+                "bert.pooler.dense.weight": 1e-3, "classifier.weight": 1e-3}
+    for name, lr in expected.items():
+        assert lrs[id(params[name])] == pytest.approx(lr), name
+    norm = id(params["bert.embeddings.LayerNorm.weight"])
+    assert [g["weight_decay"] for g in groups if norm in map(id, g["params"])] == [0.0]
+    assert sorted(set(lr_of(optimizer_groups(model, 1e-4, 0.01, head_multiplier=10)).values())) == pytest.approx([1e-4, 1e-3])

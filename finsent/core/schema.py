@@ -138,6 +138,11 @@ class TrainerHP(Section):
 
 class EncoderHP(TrainerHP):
     head_lr_multiplier: float = Field(1.0, description="the new classifier head learns this many times faster")
+    layer_lr_decay: float = Field(1.0, gt=0, le=1, description="layer-wise LR decay: the top transformer layer "
+                                  "learns at learning_rate, each one below at this factor times the one above, "
+                                  "the embeddings one step below the first layer (1 = off)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy "
+                                   "(transformers' label_smoothing_factor; 0 = off)")
 
 
 # ---- export ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ stopping watches validation macro-F1; the best checkpoint is the one saved to ``
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,20 +61,36 @@ class TrainOutput:
     is_main_process: bool = True
 
 
-def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW parameter groups: no decay on biases / norms, and a larger LR for the freshly
-    initialised classifier (and the pooler feeding it) when ``head_multiplier`` > 1."""
+def layer_depths(model) -> tuple[dict[str, int], int]:
+    """Each parameter's depth for layer-wise LR decay: embeddings 0, transformer layer i -> i + 1
+    (``...layer.<i>.`` / ``...layers.<i>.``), anything else (heads, a final norm) the top, n_layers + 1."""
+    names = [name for name, _ in model.named_parameters()]
+    layer_of = {name: int(m.group(1)) for name in names if (m := re.search(r"\.layers?\.(\d+)\.", f".{name}"))}
+    top = max(layer_of.values(), default=-1) + 2
+    return {name: (layer_of[name] + 1 if name in layer_of else 0 if "embed" in name.lower() else top)
+            for name in names}, top
+
+
+def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: float = 1.0,
+                     layer_decay: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups: no decay on biases / norms; a larger LR for the freshly initialised
+    classifier (and the pooler feeding it) when ``head_multiplier`` > 1; and with ``layer_decay`` < 1,
+    layer-wise LR decay: the top transformer layer at ``lr``, each layer below ``layer_decay`` times the
+    one above it, the embeddings one step further down."""
     head_parts = ("classifier", "score", "pooler")
-    groups: dict[tuple[bool, bool], list] = {}
+    depths, top = layer_depths(model)
+    groups: dict[tuple[float, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
-        is_head = any(f".{part}." in f".{name}" for part in head_parts)
-        groups.setdefault((is_head, no_decay), []).append(param)
-    return [{"params": params, "lr": lr * (head_multiplier if is_head else 1.0),
-             "weight_decay": 0.0 if no_decay else weight_decay}
-            for (is_head, no_decay), params in groups.items()]
+        if any(f".{part}." in f".{name}" for part in head_parts):
+            factor = head_multiplier
+        else:
+            factor = layer_decay ** max(top - 1 - depths[name], 0)
+        groups.setdefault((factor, no_decay), []).append(param)
+    return [{"params": params, "lr": lr * factor, "weight_decay": 0.0 if no_decay else weight_decay}
+            for (factor, no_decay), params in groups.items()]
 
 
 def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: str, hp: EncoderHP,
@@ -109,8 +126,10 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
         load_best_model_at_end=True,
         metric_for_best_model="macro_f1",
         greater_is_better=True,
+        label_smoothing_factor=float(hp.label_smoothing),
     )
-    groups = optimizer_groups(model, hp.learning_rate, hp.weight_decay, hp.head_lr_multiplier)
+    groups = optimizer_groups(model, hp.learning_rate, hp.weight_decay, hp.head_lr_multiplier,
+                              hp.layer_lr_decay)
     trainer = Trainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
         optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": groups, "lr": hp.learning_rate}),
