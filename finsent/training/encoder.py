@@ -61,14 +61,15 @@ class TrainOutput:
     is_main_process: bool = True
 
 
-def layer_depths(model) -> tuple[dict[str, int], int]:
-    """Each parameter's depth for layer-wise LR decay: embeddings 0, transformer layer i -> i + 1
-    (``...layer.<i>.`` / ``...layers.<i>.``), anything else (heads, a final norm) the top, n_layers + 1."""
+def layers_below_top(model) -> dict[str, int]:
+    """For layer-wise LR decay, how many transformer layers each parameter sits below the top one:
+    layer i of n (``...layer.<i>.`` / ``...layers.<i>.``) n - 1 - i, the embeddings n, anything else
+    (heads, a final norm) 0."""
     names = [name for name, _ in model.named_parameters()]
     layer_of = {name: int(m.group(1)) for name in names if (m := re.search(r"\.layers?\.(\d+)\.", f".{name}"))}
-    top = max(layer_of.values(), default=-1) + 2
-    return {name: (layer_of[name] + 1 if name in layer_of else 0 if "embed" in name.lower() else top)
-            for name in names}, top
+    n = max(layer_of.values(), default=-1) + 1
+    return {name: (n - 1 - layer_of[name] if name in layer_of else n if "embed" in name.lower() else 0)
+            for name in names}
 
 
 def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: float = 1.0,
@@ -78,7 +79,7 @@ def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: flo
     layer-wise LR decay: the top transformer layer at ``lr``, each layer below ``layer_decay`` times the
     one above it, the embeddings one step further down."""
     head_parts = ("classifier", "score", "pooler")
-    depths, top = layer_depths(model)
+    below = layers_below_top(model)
     groups: dict[tuple[float, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -87,7 +88,7 @@ def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: flo
         if any(f".{part}." in f".{name}" for part in head_parts):
             factor = head_multiplier
         else:
-            factor = layer_decay ** max(top - 1 - depths[name], 0)
+            factor = layer_decay ** below[name]
         groups.setdefault((factor, no_decay), []).append(param)
     return [{"params": params, "lr": lr * factor, "weight_decay": 0.0 if no_decay else weight_decay}
             for (factor, no_decay), params in groups.items()]
