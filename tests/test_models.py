@@ -141,3 +141,51 @@ def test_optimizer_groups_decay_the_lr_layer_by_layer():
     norm = id(params["bert.embeddings.LayerNorm.weight"])
     assert [g["weight_decay"] for g in groups if norm in map(id, g["params"])] == [0.0]
     assert sorted(set(lr_of(optimizer_groups(model, 1e-4, 0.01, head_multiplier=10)).values())) == pytest.approx([1e-4, 1e-3])
+
+
+def test_agreement_weights_rescale_to_mean_one_and_leave_rows_without_a_level_at_one():
+    from finsent.training.encoder import agreement_weights
+
+    levels = pd.Series([0.5, 1.0, None, 0.75])
+    weights = agreement_weights(levels, 2.0)
+    raw = np.array([0.25, 1.0, 1.0, 0.5625])
+    np.testing.assert_allclose(weights, raw / raw.mean())
+    assert weights.mean() == pytest.approx(1.0)
+    assert agreement_weights(levels, 0.0) is None  # off: the Trainer's own loss
+    assert agreement_weights(pd.Series([None, None]), 1.0) is None  # tweets / teacher labels only
+
+
+def test_weighted_loss_is_the_weighted_mean_of_the_rows_cross_entropy(head_3):
+    """The weighted Trainer's loss on a real collated batch of the packaged MiniLM: the mean of weight x
+    cross-entropy (label smoothing applied), so a row of weight 0 cannot move it whatever its label; batches
+    without weights (validation) keep the Trainer's own loss."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    from finsent.training.encoder import _weighted_trainer, encode
+
+    tokenizer = AutoTokenizer.from_pretrained(head_3)
+    model = AutoModelForSequenceClassification.from_pretrained(head_3).eval()
+    texts = ["Profit rose sharply .", "Sales fell .", "The company is based in Espoo ."]
+    collate = DataCollatorWithPadding(tokenizer)
+    args = TrainingArguments(output_dir="unused", report_to=[], label_smoothing_factor=0.1, use_cpu=True)
+    trainer = _weighted_trainer(Trainer)(model=model, args=args)
+
+    def loss_for(labels, weights):
+        ds = encode(tokenizer, texts, labels, 32, weights)
+        batch = collate([ds[i] for i in range(len(ds))])
+        assert ("weight" in batch) == (weights is not None)
+        with torch.no_grad():
+            return trainer.compute_loss(model, dict(batch)).item(), batch
+
+    weights = [2.0, 1.0, 0.0]
+    loss, batch = loss_for(["positive", "negative", "neutral"], weights)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    per_row = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none", label_smoothing=0.1)
+    assert loss == pytest.approx((per_row * torch.tensor(weights)).mean().item(), rel=1e-5)
+    assert loss_for(["positive", "negative", "positive"], weights)[0] == pytest.approx(loss, rel=1e-6)
+    assert loss_for(["positive", "positive", "neutral"], weights)[0] != pytest.approx(loss, rel=1e-3)
+    unweighted, _ = loss_for(["positive", "negative", "neutral"], None)
+    assert unweighted == pytest.approx(per_row.mean().item(), rel=1e-5)

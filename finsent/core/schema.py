@@ -143,6 +143,10 @@ class EncoderHP(TrainerHP):
                                   "the embeddings one step below the first layer (1 = off)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy "
                                    "(transformers' label_smoothing_factor; 0 = off)")
+    agreement_weight: float = Field(0.0, ge=0, description="weight each training row by its annotator "
+                                    "agreement (Financial PhraseBank: 0.5 / 0.66 / 0.75 / 1.0) to this power, "
+                                    "the weights rescaled to mean 1; rows without one (tweets, teacher labels) "
+                                    "weigh 1 before rescaling (0 = off)")
 
 
 # ---- export ----------------------------------------------------------------------------------------

@@ -27,11 +27,14 @@ from finsent.training.common import logging_callbacks, trainer_arguments
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Pre-tokenised rows; ``length`` feeds the length-grouped sampler."""
+    """Pre-tokenised rows; ``length`` feeds the length-grouped sampler; ``weights`` (optional) reach
+    the loss as each row's ``weight``."""
 
-    def __init__(self, encodings: Mapping[str, list], labels: Sequence[int] | None = None):
+    def __init__(self, encodings: Mapping[str, list], labels: Sequence[int] | None = None,
+                 weights: Sequence[float] | None = None):
         self.encodings = encodings
         self.labels = labels
+        self.weights = weights
         self.lengths = [len(ids) for ids in encodings["input_ids"]]
 
     def __len__(self) -> int:
@@ -41,13 +44,49 @@ class EncodedDataset(torch.utils.data.Dataset):
         item = {k: v[i] for k, v in self.encodings.items()}
         if self.labels is not None:
             item["labels"] = self.labels[i]
+        if self.weights is not None:
+            item["weight"] = float(self.weights[i])
         return item
 
 
-def encode(tokenizer, texts: Sequence[str], labels: Sequence[str] | None, max_length: int) -> EncodedDataset:
+def encode(tokenizer, texts: Sequence[str], labels: Sequence[str] | None, max_length: int,
+           weights: Sequence[float] | None = None) -> EncodedDataset:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     ids = [LABEL2ID[lab] for lab in labels] if labels is not None else None
-    return EncodedDataset(dict(enc), ids)
+    return EncodedDataset(dict(enc), ids, weights)
+
+
+def agreement_weights(agreement: pd.Series | None, power: float) -> np.ndarray | None:
+    """Per-row loss weights from annotator agreement: ``agreement ** power``, rows without an agreement
+    level weighing 1, all rescaled to mean 1 (so the learning rate keeps its meaning). None when
+    ``power`` is 0 or no row has an agreement level: the plain, unweighted loss."""
+    if not power or agreement is None or agreement.isna().all():
+        return None
+    weights = agreement.astype(float).fillna(1.0).to_numpy() ** power
+    return weights / weights.mean()
+
+
+def _weighted_trainer(trainer_cls):
+    """``trainer_cls`` whose training loss is the per-row weighted cross-entropy (rows carry ``weight``):
+    the mean over the batch of weight x cross-entropy (with the run's label smoothing), so the Trainer
+    still divides it by the gradient-accumulation steps. Batches without weights (validation) take the
+    Trainer's own loss."""
+
+    class WeightedLossTrainer(trainer_cls):
+        loss_is_scaled_for_ga = False  # a per-batch mean, like the model's own loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weight = inputs.pop("weight", None)
+            if weight is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            per_row = torch.nn.functional.cross_entropy(
+                outputs.logits.float(), labels, reduction="none", label_smoothing=self.args.label_smoothing_factor)
+            loss = (per_row * weight.to(per_row.dtype)).mean()
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedLossTrainer
 
 
 def _compute_metrics(eval_pred) -> dict[str, float]:
@@ -114,7 +153,8 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    train_ds = encode(tokenizer, train_df["text"], train_df["label"], hp.max_length)
+    weights = agreement_weights(train_df.get("agreement"), hp.agreement_weight)
+    train_ds = encode(tokenizer, train_df["text"], train_df["label"], hp.max_length, weights)
     val_ds = encode(tokenizer, val_df["text"], val_df["label"], hp.max_length)
 
     cuda = use_cuda()
@@ -131,7 +171,7 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
     )
     groups = optimizer_groups(model, hp.learning_rate, hp.weight_decay, hp.head_lr_multiplier,
                               hp.layer_lr_decay)
-    trainer = Trainer(
+    trainer = (Trainer if weights is None else _weighted_trainer(Trainer))(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
         optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": groups, "lr": hp.learning_rate}),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
