@@ -189,3 +189,18 @@ def test_weighted_loss_is_the_weighted_mean_of_the_rows_cross_entropy(head_3):
     assert loss_for(["positive", "positive", "neutral"], weights)[0] != pytest.approx(loss, rel=1e-3)
     unweighted, _ = loss_for(["positive", "negative", "neutral"], None)
     assert unweighted == pytest.approx(per_row.mean().item(), rel=1e-5)
+
+
+def test_agreement_weights_reach_the_loss_in_a_real_training_run(tmp_path, fpb, params):
+    """train_encoder with agreement_weight > 0: the row weights travel through the Trainer's data loader
+    to the weighted loss (the loss refuses a training batch without them), and the run saves a model."""
+    from finsent.data.split import make_split
+    from finsent.training.encoder import train_encoder
+
+    parts = make_split(fpb.rows, params.splits["fpb"], seed=42).parts
+    train, val = parts["train"].head(64), parts["val"].head(32)
+    assert train["agreement"].nunique() > 1
+    hp = params.hp_sets["tiny"].model_copy(update={"agreement_weight": 1.0, "batch_size": 16})
+    out = train_encoder(train, val, model_ref=MINILM, hp=hp, hp_name="tiny", out_dir=tmp_path / "model",
+                        log_dir=tmp_path / "runs", live_dir=tmp_path / "live", work_dir=tmp_path / "work", max_steps=2)
+    assert out.summary["steps"] == 2 and (tmp_path / "model" / "model.safetensors").exists()

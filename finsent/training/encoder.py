@@ -70,7 +70,7 @@ def _weighted_trainer(trainer_cls):
     """``trainer_cls`` whose training loss is the per-row weighted cross-entropy (rows carry ``weight``):
     the mean over the batch of weight x cross-entropy (with the run's label smoothing), so the Trainer
     still divides it by the gradient-accumulation steps. Batches without weights (validation) take the
-    Trainer's own loss."""
+    Trainer's own loss; a training batch without weights is an error (nothing trains unweighted silently)."""
 
     class WeightedLossTrainer(trainer_cls):
         loss_is_scaled_for_ga = False  # a per-batch mean, like the model's own loss
@@ -78,6 +78,8 @@ def _weighted_trainer(trainer_cls):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weight = inputs.pop("weight", None)
             if weight is None:
+                if model.training:
+                    raise RuntimeError("a training batch reached the loss without its row weights")
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             labels = inputs.pop("labels")
             outputs = model(**inputs)
@@ -168,6 +170,9 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
         metric_for_best_model="macro_f1",
         greater_is_better=True,
         label_smoothing_factor=float(hp.label_smoothing),
+        # EncodedDataset yields only model inputs, labels and the optional row weight; the Trainer's
+        # column filter (by the model's forward signature) would drop the weight before the loss sees it.
+        remove_unused_columns=False,
     )
     groups = optimizer_groups(model, hp.learning_rate, hp.weight_decay, hp.head_lr_multiplier,
                               hp.layer_lr_decay)
