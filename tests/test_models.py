@@ -155,7 +155,7 @@ def test_agreement_weights_rescale_to_mean_one_and_leave_rows_without_a_level_at
     assert agreement_weights(pd.Series([None, None]), 1.0) is None  # tweets / teacher labels only
 
 
-def test_weighted_loss_is_the_weighted_mean_of_the_rows_cross_entropy(head_3):
+def test_weighted_loss_is_the_weighted_mean_of_the_rows_cross_entropy(head_3, tmp_path):
     """The weighted Trainer's loss on a real collated batch of the packaged MiniLM: the mean of weight x
     cross-entropy (label smoothing applied), so a row of weight 0 cannot move it whatever its label; batches
     without weights (validation) keep the Trainer's own loss."""
@@ -169,7 +169,7 @@ def test_weighted_loss_is_the_weighted_mean_of_the_rows_cross_entropy(head_3):
     model = AutoModelForSequenceClassification.from_pretrained(head_3).eval()
     texts = ["Profit rose sharply .", "Sales fell .", "The company is based in Espoo ."]
     collate = DataCollatorWithPadding(tokenizer)
-    args = TrainingArguments(output_dir="unused", report_to=[], label_smoothing_factor=0.1, use_cpu=True)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], label_smoothing_factor=0.1, use_cpu=True)
     trainer = _weighted_trainer(Trainer)(model=model, args=args)
 
     def loss_for(labels, weights):
