@@ -88,6 +88,9 @@ def main() -> int:
 
     params = load_params(ROOT / "params.yaml")
     flow = params.workflow(args.workflow)
+    if flow.student.kind != "embedding_head":
+        raise SystemExit(f"bench/forum_student.py compares head students; workflows.{args.workflow}.student is "
+                         f"kind {flow.student.kind!r} (its held-out fit to the teacher is in metrics/{args.workflow}/train.json)")
     pool, _ = training_pool(read_interim(workflow_labelled_dir(args.workflow) / "pool.csv"), flow.student,
                             params.seed)
     test = test_rows(flow.evaluate.test_sets[next(iter(flow.evaluate.test_sets))].split, None, params.seed,

