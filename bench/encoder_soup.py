@@ -2,7 +2,7 @@
 
 A "soup" averages the weights of several fine-tunes of the same base (Wortsman et al. 2022). This script
 takes experiments by name (`dvc exp list --all-commits`) or git revision, reads each one's trained
-`models/encoder` from the local DVC cache through that revision's dvc.lock (nothing is retrained), and
+`models/encoder` from the local DVC cache with `dvc.api.read` (nothing is retrained), and
 scores on the union of the train splits' validation parts (what a user may select on) and on each test set:
 
 - every ingredient on its own, and the baseline: the current workspace's `models/encoder`, measured in
@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -60,17 +59,12 @@ def revision(name: str) -> str:
         raise SystemExit(f"{name!r} is neither an experiment ({', '.join(known) or 'none here'}) nor a git revision")
 
 
-def cached_weights(rev: str) -> Path:
-    """The model.safetensors of ``rev``'s encoder, located in the DVC cache by its dvc.lock."""
-    lock = yaml.safe_load(git("show", f"{rev}:dvc.lock"))
-    md5 = next(out["md5"] for out in lock["stages"]["train"]["outs"] if out["path"] == ENCODER)
-    cache = ROOT / ".dvc" / "cache" / "files" / "md5"
-    listing = json.loads((cache / md5[:2] / md5[2:]).read_text())
-    entry = next(e["md5"] for e in listing if e["relpath"] == WEIGHTS)
-    path = cache / entry[:2] / entry[2:]
-    if not path.exists():
-        raise SystemExit(f"{rev}: {ENCODER}/{WEIGHTS} is not in the local DVC cache (dvc exp pull / dvc pull it)")
-    return path
+def trained_weights(rev: str) -> bytes:
+    """The model.safetensors of ``rev``'s encoder, read by DVC from the local cache (dvc.api: the revision's
+    dvc.lock names the file's hash)."""
+    import dvc.api
+
+    return dvc.api.read(f"{ENCODER}/{WEIGHTS}", repo=str(ROOT), rev=rev, mode="rb")
 
 
 def main() -> int:
@@ -81,7 +75,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load, load_file, save_file
 
     from finsent.inference.classifiers import EncoderClassifier
 
@@ -92,7 +86,7 @@ def main() -> int:
                  for name, spec in params.evaluate.test_sets.items()
                  if spec.models is None and spec.min_agreement is None})
     states = {BASELINE: load_file(str(ROOT / ENCODER / WEIGHTS))}
-    states.update({name: load_file(str(cached_weights(revision(name)))) for name in args.experiments})
+    states.update({name: load(trained_weights(revision(name))) for name in args.experiments})
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "encoder"
