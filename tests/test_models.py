@@ -63,11 +63,13 @@ def test_a_hub_style_classifier_needs_its_label_map(tmp_path):
 
 @pytest.fixture(scope="module")
 def head_3(tmp_path_factory):
-    """The packaged MiniLM with a fresh 3-class head, saved like the train stage saves models."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """The packaged MiniLM with a fresh 3-class head (seeded: the tests that read its losses must not depend
+    on what ran before them), saved like the train stage saves models."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from finsent.core.labelset import ID2LABEL, LABEL2ID
 
+    set_seed(0)
     out = tmp_path_factory.mktemp("head3")
     path = resolve_model_ref(MINILM)
     AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, id2label=ID2LABEL,
@@ -209,8 +211,6 @@ def test_agreement_weights_reach_the_loss_in_a_real_training_run(tmp_path, fpb, 
 def test_row_weights_balance_classes_and_combine_with_agreement():
     """class_weight='balanced': every class weighs the same in total; with agreement weights the product,
     rescaled to mean 1; both off: None (the plain loss); an unknown class_weight is an error."""
-    import pandas as pd
-
     from finsent.training.encoder import row_weights
 
     df = pd.DataFrame({"label": ["negative"] * 6 + ["neutral"] * 2 + ["positive"] * 2,
