@@ -67,20 +67,15 @@ def agreement_weights(agreement: pd.Series | None, power: float) -> np.ndarray |
     return weights / weights.mean()
 
 
-def class_balance_weights(labels: Sequence[str]) -> np.ndarray:
-    """scikit-learn's "balanced" weights per row: n / (classes x rows of the row's class), so each class
-    present weighs the same in the loss (a teacher's label skew does not become the student's prior)."""
-    labels = pd.Series(list(labels))
-    counts = labels.value_counts()
-    return (len(labels) / (len(counts) * labels.map(counts))).to_numpy(dtype=float)
-
-
 def row_weights(train_df: pd.DataFrame, agreement_power: float, class_weight: str | None) -> np.ndarray | None:
     """The loss weight of each training row: agreement weights times class-balance weights (either may be
-    off), rescaled to mean 1; None when both are off (the plain loss)."""
+    off), rescaled to mean 1; None when both are off (the plain loss). "balanced" is scikit-learn's: each
+    row n / (classes x rows of its class), so a teacher's label skew does not become the student's prior."""
+    from sklearn.utils.class_weight import compute_sample_weight
+
     weights = agreement_weights(train_df.get("agreement"), agreement_power)
     if class_weight == "balanced":
-        balance = class_balance_weights(train_df["label"])
+        balance = compute_sample_weight("balanced", train_df["label"].to_numpy())
         weights = balance if weights is None else weights * balance
     elif class_weight is not None:
         raise ValueError(f"class_weight: {class_weight!r} is not 'balanced' or None")
