@@ -1,4 +1,5 @@
-"""Stage train: fine-tune the encoder classifier on the train splits named in params.yaml `train`.
+"""Stage train: fine-tune the encoder classifier on the train splits named in params.yaml `train` (with an
+hp set's distill_weight > 0, also on the probabilities of the train_teacher stage's larger encoder).
 
 Outputs: models/encoder (best checkpoint + tokenizer + model card), runs/encoder/<hp_set>/ (TensorBoard),
 metrics/live/train/ (DVCLive: metrics.json, the DVC metrics; plots/, the curves) and metrics/train.json
@@ -15,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, RUNS_DIR  # noqa: E402
+from finsent.core.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, RUNS_DIR, TEACHER_ENCODER_DIR  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from finsent.core.io import write_metrics
     from finsent.data.splits import load_split_union, sample_rows, training_rows
-    from finsent.training.encoder import train_encoder
+    from finsent.training.encoder import soft_targets_for, train_encoder
 
     cfg, hp = params.train, params.hp
     data_seed = params.seed  # the same rows the evaluate stage fits the baselines on
@@ -37,13 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train: {len(train_df)} rows ({cfg.labels} labels), val: {len(val_df)} rows (gold) from "
           f"splits {cfg.splits}; hp set '{cfg.hp_set}': {hp.model_dump()}")
 
+    soft = None
+    if hp.distill_weight:  # knowledge distillation from the frozen train_teacher stage's probabilities
+        soft = soft_targets_for(train_df, TEACHER_ENCODER_DIR / "soft_targets.csv")
+        print(f"distilling: weight {hp.distill_weight}, temperature {hp.distill_temperature}, teacher "
+              f"probabilities from {TEACHER_ENCODER_DIR / 'soft_targets.csv'}")
+
     out_dir = Path(args.out_dir)
     work_dir = MODELS_DIR / ".checkpoints" / out_dir.name
     for stale in (out_dir, work_dir):
         shutil.rmtree(stale, ignore_errors=True)
     result = train_encoder(train_df, val_df, model_ref=cfg.model, hp=hp, hp_name=cfg.hp_set, out_dir=out_dir,
                            log_dir=Path(args.runs_dir) / cfg.hp_set, live_dir=LIVE_DIR / "train", work_dir=work_dir,
-                           patience=cfg.early_stopping_patience, max_steps=cfg.max_steps)
+                           patience=cfg.early_stopping_patience, max_steps=cfg.max_steps, soft_targets=soft)
     if result.is_main_process:
         write_metrics(result.summary, METRICS_DIR / "train.json")
         shutil.rmtree(work_dir, ignore_errors=True)

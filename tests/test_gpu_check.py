@@ -10,7 +10,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_gpu_check_dry_mode_trains_the_encoder_and_names_what_it_skipped(root, tmp_path):
+def test_gpu_check_dry_mode_trains_the_encoder_and_the_teacher_and_names_what_it_skipped(root, tmp_path):
     import torch
 
     committed = (root / "metrics/train.json").read_bytes()
@@ -28,5 +28,7 @@ def test_gpu_check_dry_mode_trains_the_encoder_and_names_what_it_skipped(root, t
     if not torch.cuda.is_available():
         assert enc["peak_gpu_memory_mib"] is None
         assert qlora["status"] == "skipped" and "CUDA only" in qlora["reason"]
-    assert mpnet["status"] == "skipped" and "mpnet" in mpnet["reason"]
+    assert mpnet["status"] == "ok" and mpnet["stage"] == "train_teacher"   # the frozen stage, unfrozen in the copy
+    assert mpnet["metrics"]["base_model"].startswith("pkg://all-mpnet-base-v2") and mpnet["metrics"]["steps"] > 0
+    assert mpnet["metrics"]["soft_targets_rows"] == 1200   # a probability for every row train learns from
     assert (root / "metrics/train.json").read_bytes() == committed   # it ran in a scratch copy

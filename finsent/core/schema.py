@@ -118,6 +118,14 @@ class TrainSection(Section):
     max_steps: int | None = None
 
 
+class EncoderTeacherSection(Section):
+    """The larger encoder the train_teacher stage fine-tunes once on train's rows; its class probabilities
+    on those rows are the soft targets an hp set with ``distill_weight`` > 0 learns from."""
+
+    model: str = Field(description="pkg://<package>/<path>, a local directory or a hub id")
+    hp_set: str = Field(description="a key of `hp_sets`")
+
+
 class TrainerHP(Section):
     """What every HF Trainer run shares (the encoder and the LoRA SFT)."""
 
@@ -150,6 +158,12 @@ class EncoderHP(TrainerHP):
     freeze_word_embeddings: bool = Field(False, description="keep the token-embedding matrix fixed: with a large "
                                          "multilingual vocabulary (250k rows) most rows see no training token, "
                                          "and updating them about doubles a CPU step (e5-small: 4.7 vs 2.2 s)")
+    distill_weight: float = Field(0.0, ge=0, le=1, description="knowledge distillation (Hinton et al. 2015): the "
+                                  "loss is (1 - w) x cross-entropy on the labels + w x T^2 x KL(teacher || student) "
+                                  "at temperature T, the teacher's probabilities coming from the train_teacher "
+                                  "stage (0 = off, the labels only)")
+    distill_temperature: float = Field(2.0, gt=0, description="the temperature T of both distributions in the "
+                                       "distillation term")
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -474,6 +488,7 @@ class Params(Section):
     datasets: dict[str, Dataset]
     splits: dict[str, SplitSpec]
     train: TrainSection
+    encoder_teacher: EncoderTeacherSection
     hp_sets: dict[str, EncoderHP]
     export: ExportSection
     evaluate: EvaluateSection
@@ -485,7 +500,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _names_resolve(self) -> "Params":
-        checks = [("train.hp_set", self.train.hp_set, self.hp_sets), ("llm.hp_set", self.llm.hp_set, self.llm_hp_sets)]
+        checks = [("train.hp_set", self.train.hp_set, self.hp_sets), ("llm.hp_set", self.llm.hp_set, self.llm_hp_sets),
+                  ("encoder_teacher.hp_set", self.encoder_teacher.hp_set, self.hp_sets)]
         checks += [(f"splits.{n}.dataset", s.dataset, self.datasets) for n, s in self.splits.items()]
         checks += [("train.splits", s, self.splits) for s in self.train.splits]
         checks += [(f"evaluate.test_sets.{n}.split", t.split, self.splits) for n, t in self.evaluate.test_sets.items()]
@@ -522,6 +538,11 @@ class Params(Section):
     def hp(self) -> EncoderHP:
         """The encoder hyperparameter set named by train.hp_set."""
         return self.hp_sets[self.train.hp_set]
+
+    @property
+    def teacher_hp(self) -> EncoderHP:
+        """The hyperparameter set of the encoder teacher (encoder_teacher.hp_set)."""
+        return self.hp_sets[self.encoder_teacher.hp_set]
 
     @property
     def llm_hp(self) -> LLMHP:

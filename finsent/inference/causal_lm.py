@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from finsent.core.labelset import LABELS
+from finsent.core.paths import MODEL_CACHE_DIR
 from finsent.core.prompts import label_continuations, render_prompt
 from finsent.core.refs import resolve_model_ref
 from finsent.core.runtime import resolve_dtype, softmax
@@ -89,7 +90,7 @@ def clear_gguf_marker(model) -> None:
             delattr(model, attr)
 
 
-def materialise_gguf(directory: str, gguf_file: str, cache: str | Path = "models/.cache") -> str:
+def materialise_gguf(directory: str, gguf_file: str, cache: str | Path = MODEL_CACHE_DIR) -> str:
     """Dequantise a GGUF model once into a safetensors directory (reloads in a fraction of a second)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

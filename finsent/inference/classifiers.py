@@ -30,6 +30,7 @@ from finsent.core.refs import resolve_model_ref
 from finsent.core import runtime
 from finsent.core.runtime import device as _device
 from finsent.core.runtime import resolve_dtype, softmax
+from finsent.inference.packaged import transformers_path
 
 ONNX_FILE = "model.onnx"
 KINDS = ("auto", "encoder", "onnx", "llm", "causal_lm", "zeroshot", "embedding_head")
@@ -121,7 +122,7 @@ class EncoderClassifier(_Tokenised):
                  device: str | None = None, dtype: str = "float32", label_map: Mapping[str, str] | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = resolve_model_ref(model_ref)
+        path = transformers_path(resolve_model_ref(model_ref))
         card = read_card(path)
         self.device = _device(device)
         self.dtype = resolve_dtype(dtype) or torch.float32
@@ -184,7 +185,7 @@ class MeanPooledEncoder(_Tokenised):
                  device: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
-        path = resolve_model_ref(model_ref)
+        path = transformers_path(resolve_model_ref(model_ref))
         self.device = _device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()

