@@ -52,7 +52,6 @@ GPU_PARAMS = {
 }
 STAGES = {"encoder_default": ("train", "metrics/train.json"), "qlora": ("train_llm", "metrics/train_llm.json"),
           "encoder_mpnet": ("train_teacher", "metrics/train_teacher.json")}
-SKIP: dict[str, str] = {}
 CUDA_ONLY = {"qlora": "CUDA only: bitsandbytes nf4 4-bit training with paged AdamW needs a GPU"}
 
 
@@ -147,10 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         run(["git", "add", "-A"], repo, capture_output=True)
         run(["git", "commit", "-q", "-m", "gpu check"], repo, capture_output=True)
         base = ci_params(ROOT) if args.dry else read_yaml(ROOT / "params.yaml")
-        for name in ("encoder_default", "qlora", "encoder_mpnet"):
-            if name in SKIP:
-                report["steps"][name] = {"status": "skipped", "reason": SKIP[name]}
-            elif name in CUDA_ONLY and not cuda:
+        for name in STAGES:  # the steps, in order
+            if name in CUDA_ONLY and not cuda:
                 report["steps"][name] = {"status": "skipped", "reason": CUDA_ONLY[name]}
             else:
                 params = base if args.dry else deep_merge(base, GPU_PARAMS[name])
