@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)  # validated before torch / transformers are imported
 
     from finsent.core.io import write_csv, write_metrics
-    from finsent.data.splits import load_split, load_split_union, sample_rows, training_rows
+    from finsent.data.splits import load_split_union, sample_rows, test_rows, training_rows
     from finsent.evaluation.metrics import prediction_frame
     from finsent.inference.classifiers import load_classifier
     from finsent.training.encoder import train_encoder
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     soft = prediction_frame(train_df, model.predict_proba(train_df["text"].tolist()), NAME)
     write_csv(soft.drop(columns=["text"]), TEACHER_ENCODER_DIR / "soft_targets.csv")
     agreement = float((soft["pred"] == soft["label"]).mean())
-    for split in cfg.splits:
-        test = load_split(split, "test")
+    for split in cfg.splits:  # the test rows evaluate scores (all of them unless evaluate.max_rows)
+        test = test_rows(split, params.evaluate.max_rows, params.seed)
         write_csv(prediction_frame(test, model.predict_proba(test["text"].tolist()), NAME),
                   TEACHER_ENCODER_DIR / "predictions" / f"{split}.csv")
     shutil.rmtree(work_dir, ignore_errors=True)

