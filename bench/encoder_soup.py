@@ -67,6 +67,50 @@ def trained_weights(rev: str) -> bytes:
     return dvc.api.read(f"{ENCODER}/{WEIGHTS}", repo=str(ROOT), rev=rev, mode="rb")
 
 
+def evaluation_sets(params, max_rows: int | None) -> dict:
+    """The union of the train splits' validation parts (``val``: what a user may select on) and each test
+    set the encoder is scored on, ``max_rows`` each (None: all)."""
+    sets = {"val": sample_rows(load_split_union(params.train.splits, "val", root=ROOT / "data/splits"),
+                               max_rows, params.seed)}
+    sets.update({name: test_rows(spec.split, max_rows, params.seed, root=ROOT / "data/splits")
+                 for name, spec in params.evaluate.test_sets.items()
+                 if spec.models is None and spec.min_agreement is None})
+    return sets
+
+
+def score_weights(model_dir: Path, state: dict, sets: dict, only=None) -> dict[str, float]:
+    """Macro-F1 on each set (or those in ``only``) of the encoder in ``model_dir`` with weights ``state``
+    (written over its model.safetensors), in float32."""
+    from safetensors.torch import save_file
+
+    from finsent.inference.classifiers import EncoderClassifier
+
+    save_file(state, str(model_dir / WEIGHTS))
+    clf = EncoderClassifier(str(model_dir), dtype="float32")
+    out = {}
+    for name, rows in sets.items():
+        if only is None or name in only:
+            pred = np.asarray(LABELS)[clf.predict_proba(rows["text"].tolist()).argmax(1)]
+            out[name] = round(accuracy_and_macro_f1(rows["label"].tolist(), list(pred))["macro_f1"], 4)
+    return out
+
+
+def average(states: list[dict]) -> dict:
+    """The uniform average of state dicts of one architecture (float32)."""
+    import torch
+
+    return {k: sum(s[k].to(torch.float32) for s in states) / len(states) for k in states[0]}
+
+
+def print_table(rows: dict[str, dict[str, float]], baseline: str, what: str, width: int) -> None:
+    """Macro-F1 per model and set, each with its difference to ``baseline``'s row."""
+    base = rows[baseline]
+    print(f"\nmacro-F1; baseline = {what}\n")
+    print(f"{'model':<{width}}" + "".join(f"{n:>20}" for n in base))
+    for model, result in rows.items():
+        print(f"{model[:width]:<{width}}" + "".join(f"{result[n]:>10.4f} ({result[n] - base[n]:+.4f})" for n in base))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiments", nargs="+", help="experiment names or git revisions with a trained encoder")
@@ -74,17 +118,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/encoder_soup.json"))
     args = ap.parse_args()
 
-    import torch
-    from safetensors.torch import load, load_file, save_file
-
-    from finsent.inference.classifiers import EncoderClassifier
+    from safetensors.torch import load, load_file
 
     params = load_params(ROOT / "params.yaml")
-    sets = {"val": sample_rows(load_split_union(params.train.splits, "val", root=ROOT / "data/splits"),
-                               args.max_rows, params.seed)}
-    sets.update({name: test_rows(spec.split, args.max_rows, params.seed, root=ROOT / "data/splits")
-                 for name, spec in params.evaluate.test_sets.items()
-                 if spec.models is None and spec.min_agreement is None})
+    sets = evaluation_sets(params, args.max_rows)
     states = {BASELINE: load_file(str(ROOT / ENCODER / WEIGHTS))}
     states.update({name: load(trained_weights(revision(name))) for name in args.experiments})
 
@@ -93,17 +130,10 @@ def main() -> int:
         shutil.copytree(ROOT / ENCODER, model_dir)
 
         def score(state, only=None) -> dict[str, float]:
-            save_file(state, str(model_dir / WEIGHTS))
-            clf = EncoderClassifier(str(model_dir), dtype="float32")
-            out = {}
-            for name, rows in sets.items():
-                if only is None or name in only:
-                    pred = np.asarray(LABELS)[clf.predict_proba(rows["text"].tolist()).argmax(1)]
-                    out[name] = round(accuracy_and_macro_f1(rows["label"].tolist(), list(pred))["macro_f1"], 4)
-            return out
+            return score_weights(model_dir, state, sets, only)
 
         def soup(names: list[str]) -> dict:
-            return {k: sum(states[n][k].to(torch.float32) for n in names) / len(names) for k in states[names[0]]}
+            return average([states[n] for n in names])
 
         rows = {name: score(state) for name, state in states.items()}
         order = sorted(args.experiments, key=lambda n: -rows[n]["val"])
@@ -116,12 +146,7 @@ def main() -> int:
         rows[f"greedy soup ({' + '.join(chosen)})"] = score(soup(chosen))
         rows[f"uniform soup ({len(args.experiments)})"] = score(soup(list(args.experiments)))
 
-    base = rows[BASELINE]
-    names = list(base)
-    print(f"\nmacro-F1; baseline = {BASELINE} models/encoder, measured in this run\n")
-    print(f"{'model':<60}" + "".join(f"{n:>20}" for n in names))
-    for model, result in rows.items():
-        print(f"{model[:60]:<60}" + "".join(f"{result[n]:>10.4f} ({result[n] - base[n]:+.4f})" for n in names))
+    print_table(rows, BASELINE, f"{BASELINE} models/encoder, measured in this run", width=60)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"baseline": BASELINE, "macro_f1": rows}, indent=2) + "\n")
     return 0
