@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from finsent.pipeline.ci import GATED, commit_all, gate, metric_files, reproduce, run
-from finsent.core.params import load_params
+from finsent.core.params import dump_params, load_params, read_yaml
 from finsent.evaluation import evaluate
 
 pytestmark = pytest.mark.slow
@@ -320,9 +320,9 @@ def test_two_process_training_rank0_writes_and_dvc_commits(teammate):
     assert len(set((clone / "runs/encoder/tiny").glob("events.out.tfevents.*")) - runs["runs/encoder/tiny"]) == 1
     # Rank 0 alone scores the base model and the adapter, on one thread: on 80 test rows per set instead of
     # CI's 400 (CI time on CPUs without native bf16); the check below compares base and adapter on the same rows.
-    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params = read_yaml(clone / "params.yaml")
     params["evaluate"]["max_rows"] = 80
-    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dump_params(params, clone / "params.yaml")
     _two_processes("stages/train_llm.py", clone)
     llm = json.loads((clone / "metrics/train_llm.json").read_text())
     assert llm["steps"] == math.ceil(single["train_llm"]["steps"] / 2)
