@@ -64,12 +64,11 @@ def main() -> int:
                                max_steps=cfg.max_steps)
         summary = result.summary
         print(f"trained {summary['epochs_run']} epochs in {summary['train_seconds']} s; best step {summary['best_step']}")
-        checkpoints = sorted((tmp / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        states = {BASELINE: load_file(str(tmp / "encoder" / WEIGHTS))}
-        states.update({f"step {p.name.split('-')[1]}": load_file(str(p / WEIGHTS)) for p in checkpoints})
+        kept = sorted((int(p.name.split("-")[1]), p) for p in (tmp / "checkpoints").glob("checkpoint-*"))
+        checkpoints = {f"step {step}": load_file(str(p / WEIGHTS)) for step, p in kept}
+        states = {BASELINE: load_file(str(tmp / "encoder" / WEIGHTS)), **checkpoints}
         if len(checkpoints) > 1:
-            states[f"average of steps {' + '.join(p.name.split('-')[1] for p in checkpoints)}"] = average(
-                [states[f"step {p.name.split('-')[1]}"] for p in checkpoints])
+            states[f"average of steps {' + '.join(str(step) for step, _ in kept)}"] = average(list(checkpoints.values()))
         sets = evaluation_sets(params, args.max_rows)
         model_dir = tmp / "scored"
         shutil.copytree(tmp / "encoder", model_dir)
