@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from encoder_soup import WEIGHTS, average, evaluation_sets, print_table, score_weights  # noqa: E402  (bench/ is this script's directory)
 
 from finsent.core.params import load_params  # noqa: E402
-from finsent.data.splits import load_split_union, sample_rows, training_rows  # noqa: E402
+from finsent.data.splits import training_rows, validation_rows  # noqa: E402
 
 BASELINE = "shipped (best checkpoint)"
 
@@ -55,7 +55,7 @@ def main() -> int:
     if hp.distill_weight:
         raise SystemExit("this bench trains without the teacher's soft targets: use an hp set with distill_weight 0")
     train_df = training_rows(cfg, params.seed)
-    val_df = sample_rows(load_split_union(cfg.splits, "val", root=ROOT / "data/splits"), cfg.max_val_rows, params.seed)
+    val_df = validation_rows(cfg, params.seed, root=ROOT / "data/splits")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         result = train_encoder(train_df, val_df, model_ref=cfg.model, hp=hp, hp_name=cfg.hp_set,

@@ -64,16 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from finsent.core.params import load_params
-    from finsent.data.split import exclude_texts
-    from finsent.data.splits import load_split, sample_rows, test_rows
+    from finsent.data.splits import sample_rows
+    from finsent.training.lora import llm_rows
 
     params = load_params(ROOT / "params.yaml")
     cfg, hp, seed = params.llm, params.llm_hp, params.seed
-    root = ROOT / "data/splits"
-    tests = {s: test_rows(s, params.evaluate.max_rows, seed, root=root) for s in cfg.eval_splits}
-    train_all, _ = exclude_texts(load_split(cfg.train_split, "train", root=root),
-                                 [load_split(s, "test", root=root) for s in cfg.eval_splits])
-    train_all = sample_rows(train_all, cfg.max_train_rows, seed)
+    rows = llm_rows(cfg, params.evaluate.max_rows, seed, root=ROOT / "data/splits")  # the stage's rows
+    tests, train_all = rows.tests, rows.train
     train_df = sample_rows(train_all, hp.batch_size * hp.grad_accum * args.steps, seed)
     scored_rows = len({t for frame in tests.values() for t in frame["text"]})   # score_frames: each text once
     score_texts = sample_rows(tests[cfg.eval_splits[0]], args.n, seed)["text"].tolist()

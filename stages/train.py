@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, RUNS_DIR, TEACHER_ENCODER_DIR  # noqa: E402
+from finsent.core.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, RUNS_DIR, SOFT_TARGETS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,21 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)  # validated before torch / transformers are imported
 
     from finsent.core.io import write_metrics
-    from finsent.data.splits import load_split_union, sample_rows, training_rows
+    from finsent.data.splits import training_rows, validation_rows
     from finsent.training.encoder import soft_targets_for, train_encoder
 
     cfg, hp = params.train, params.hp
     data_seed = params.seed  # the same rows the evaluate stage fits the baselines on
     train_df = training_rows(cfg, data_seed)
-    val_df = sample_rows(load_split_union(cfg.splits, "val"), cfg.max_val_rows, data_seed)
+    val_df = validation_rows(cfg, data_seed)
     print(f"train: {len(train_df)} rows ({cfg.labels} labels), val: {len(val_df)} rows (gold) from "
           f"splits {cfg.splits}; hp set '{cfg.hp_set}': {hp.model_dump()}")
 
     soft = None
     if hp.distill_weight:  # knowledge distillation from the frozen train_teacher stage's probabilities
-        soft = soft_targets_for(train_df, TEACHER_ENCODER_DIR / "soft_targets.csv")
+        soft = soft_targets_for(train_df, SOFT_TARGETS)
         print(f"distilling: weight {hp.distill_weight}, temperature {hp.distill_temperature}, teacher "
-              f"probabilities from {TEACHER_ENCODER_DIR / 'soft_targets.csv'}")
+              f"probabilities from {SOFT_TARGETS}")
 
     out_dir = Path(args.out_dir)
     work_dir = MODELS_DIR / ".checkpoints" / out_dir.name

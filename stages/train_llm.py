@@ -35,11 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from finsent.core.cards import data_fingerprint, write_card
     from finsent.core.io import write_csv, write_metrics
-    from finsent.data.split import exclude_texts
-    from finsent.data.splits import load_split, sample_rows, test_rows
     from finsent.evaluation.metrics import compute_metrics, prediction_frame, probs_to_labels
     from finsent.inference.causal_lm import load_causal_lm, score_frames
-    from finsent.training.lora import add_lora, merged_for_inference, sft_train
+    from finsent.training.lora import add_lora, llm_rows, merged_for_inference, sft_train
 
     cfg, hp, name = params.llm, params.llm_hp, params.llm.hp_set
     seed = params.seed
@@ -49,12 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         shutil.rmtree(out_dir, ignore_errors=True)
 
-    # The rows evaluate will score, and training rows that share none of the test sets' text.
-    tests = {split: test_rows(split, params.evaluate.max_rows, seed) for split in cfg.eval_splits}
-    train_all = load_split(cfg.train_split, "train")
-    train_df, removed = exclude_texts(train_all, [load_split(s, "test") for s in cfg.eval_splits])
-    train_df = sample_rows(train_df, cfg.max_train_rows, seed)
-    val_df = sample_rows(load_split(cfg.train_split, "val"), cfg.max_val_rows, seed)
+    rows = llm_rows(cfg, params.evaluate.max_rows, seed)  # evaluate's test rows; train rows share no test text
+    tests, train_df, val_df, removed = rows.tests, rows.train, rows.val, rows.removed
     print(f"train_llm: hp set '{name}', model {hp.model}; {len(train_df)} train rows "
           f"({removed} removed: their text is in a test set), {len(val_df)} val rows")
 

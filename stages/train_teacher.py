@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, TEACHER_ENCODER_DIR  # noqa: E402
+from finsent.core.paths import LIVE_DIR, METRICS_DIR, MODELS_DIR, SOFT_TARGETS, TEACHER_ENCODER_DIR  # noqa: E402
 
 NAME = "encoder_teacher"
 
@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)  # validated before torch / transformers are imported
 
     from finsent.core.io import write_csv, write_metrics
-    from finsent.data.splits import load_split_union, sample_rows, test_rows, training_rows
+    from finsent.data.splits import test_rows, training_rows, validation_rows
     from finsent.evaluation.metrics import prediction_frame
     from finsent.inference.classifiers import load_classifier
     from finsent.training.encoder import train_encoder
 
     cfg, teacher, hp = params.train, params.encoder_teacher, params.teacher_hp
     train_df = training_rows(cfg, params.seed)  # the train stage's rows, so every one gets a soft target
-    val_df = sample_rows(load_split_union(cfg.splits, "val"), cfg.max_val_rows, params.seed)
+    val_df = validation_rows(cfg, params.seed)
     print(f"teacher {teacher.model}, hp set '{teacher.hp_set}': train {len(train_df)} rows, val {len(val_df)}")
 
     work_dir = MODELS_DIR / ".checkpoints" / NAME   # scratch: checkpoints, the best model, TensorBoard events
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     model = load_classifier(str(out_dir))  # bfloat16 where the CPU multiplies it natively
     soft = prediction_frame(train_df, model.predict_proba(train_df["text"].tolist()), NAME)
-    write_csv(soft.drop(columns=["text"]), TEACHER_ENCODER_DIR / "soft_targets.csv")
+    write_csv(soft.drop(columns=["text"]), SOFT_TARGETS)
     agreement = float((soft["pred"] == soft["label"]).mean())
     for split in cfg.splits:  # the test rows evaluate scores (all of them unless evaluate.max_rows)
         test = test_rows(split, params.evaluate.max_rows, params.seed)

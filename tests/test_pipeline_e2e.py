@@ -319,7 +319,7 @@ def test_two_process_training_rank0_writes_and_dvc_commits(teammate):
         {p.name for p in (clone / "models/encoder").iterdir()}
     assert len(set((clone / "runs/encoder/tiny").glob("events.out.tfevents.*")) - runs["runs/encoder/tiny"]) == 1
     # Rank 0 alone scores the base model and the adapter, on one thread: on 80 test rows per set instead of
-    # CI's 400 (CI time on CPUs without native bf16); the check below compares base and adapter on the same rows.
+    # CI's 200 (CI time on CPUs without native bf16); the check below compares base and adapter on the same rows.
     params = read_yaml(clone / "params.yaml")
     params["evaluate"]["max_rows"] = 80
     dump_params(params, clone / "params.yaml")

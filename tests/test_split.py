@@ -93,3 +93,25 @@ def test_exclude_texts_removes_test_text_in_any_case_or_spacing(fpb_split):
     mixed = pd.concat([train.head(50), test.head(5).assign(text=lambda d: d["text"].str.upper() + "  ")])
     kept, removed = exclude_texts(mixed, [test])
     assert removed == 5 and len(kept) == 50
+
+
+def test_llm_rows_are_evaluates_test_rows_and_train_on_no_test_text(fpb_split, tmp_path):
+    """The LoRA stage's rows (finsent.training.lora.llm_rows): scored on exactly the rows evaluate scores,
+    trained on the train split minus every text of a test set (here 7 test texts re-cased in the train part)."""
+    from finsent.core.io import write_csv
+    from finsent.core.schema import LLMSection
+    from finsent.data.splits import test_rows
+    from finsent.training.lora import llm_rows
+
+    parts = fpb_split.parts
+    leaked = parts["test"].head(7).assign(text=lambda d: d["text"].str.lower())
+    files = {"fpb": parts, "pool": {"train": pd.concat([parts["train"].head(300), leaked]),
+                                    "val": parts["val"], "test": parts["test"].head(0)}}
+    for split, frames in files.items():
+        for part, frame in frames.items():
+            write_csv(frame, tmp_path / split / f"{part}.csv")
+    cfg = LLMSection(hp_set="h", train_split="pool", eval_splits=["fpb"], max_train_rows=200, max_val_rows=40)
+    rows = llm_rows(cfg, 150, seed=3, root=tmp_path)
+    assert rows.removed == 7 and len(rows.train) == 200 and len(rows.val) == 40
+    assert rows.tests["fpb"]["id"].tolist() == test_rows("fpb", 150, 3, root=tmp_path)["id"].tolist()
+    assert not set(rows.train["text"].map(normalise_text)) & set(parts["test"]["text"].map(normalise_text))

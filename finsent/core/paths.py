@@ -13,6 +13,7 @@ INTERIM_DIR = Path("data/interim")
 SPLITS_DIR = Path("data/splits")
 LABELLED_DIR = Path("data/labelled")   # the label stage's teacher-labelled pool
 TEACHER_ENCODER_DIR = Path("data/teacher_encoder")  # train_teacher: soft targets + test predictions (git)
+SOFT_TARGETS = TEACHER_ENCODER_DIR / "soft_targets.csv"  # its class probabilities on the train rows (distillation)
 MODELS_DIR = Path("models")
 MODEL_CACHE_DIR = MODELS_DIR / ".cache"  # packaged weights made loadable (unpacked, converted), once per content
 PREDICTIONS_DIR = Path("predictions")  # evaluate's predictions per model and test split

@@ -49,6 +49,12 @@ def training_rows(train_cfg: TrainSection, seed: int, pool: str | Path = LABELLE
     return sample_rows(frame, train_cfg.max_train_rows, seed)
 
 
+def validation_rows(train_cfg: TrainSection, seed: int, root: str | Path = SPLITS_DIR) -> pd.DataFrame:
+    """The gold rows an encoder is selected on (early stopping, the kept checkpoint): the val parts of
+    ``train.splits``, sampled to ``train.max_val_rows``, whatever ``train.labels`` says."""
+    return sample_rows(load_split_union(train_cfg.splits, "val", root), train_cfg.max_val_rows, seed)
+
+
 def sample_rows(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     """Exactly ``n`` rows, stratified by label (largest-remainder shares), seeded; all rows when n is None."""
     if not n or n >= len(frame):

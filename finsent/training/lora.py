@@ -3,16 +3,40 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from finsent.core.paths import SPLITS_DIR
 from finsent.core.prompts import render_completion, render_prompt
 from finsent.core.runtime import use_cuda
-from finsent.core.schema import LLMHP, LoraSpec
+from finsent.core.schema import LLMHP, LLMSection, LoraSpec
+from finsent.data.split import exclude_texts
+from finsent.data.splits import load_split, sample_rows, test_rows
 from finsent.training.common import logging_callbacks, trainer_arguments
+
+
+@dataclass
+class LLMRows:
+    tests: dict[str, pd.DataFrame]  # per llm.eval_splits: the rows evaluate scores (test_rows)
+    train: pd.DataFrame
+    val: pd.DataFrame
+    removed: int                    # train rows left out because their text is in one of the test sets
+
+
+def llm_rows(llm_cfg: LLMSection, max_test_rows: int | None, seed: int, root: str | Path = SPLITS_DIR) -> LLMRows:
+    """The causal LM's rows: it is scored on the rows evaluate scores (``evaluate.max_rows``), and learns from
+    the train part of ``llm.train_split`` minus every text of those test sets (whole test sets, not only the
+    sampled rows), sampled to ``llm.max_train_rows``; its eval loss reads the val part (``llm.max_val_rows``)."""
+    tests = {split: test_rows(split, max_test_rows, seed, root) for split in llm_cfg.eval_splits}
+    train, removed = exclude_texts(load_split(llm_cfg.train_split, "train", root),
+                                   [load_split(split, "test", root) for split in llm_cfg.eval_splits])
+    return LLMRows(tests=tests, train=sample_rows(train, llm_cfg.max_train_rows, seed),
+                   val=sample_rows(load_split(llm_cfg.train_split, "val", root), llm_cfg.max_val_rows, seed),
+                   removed=removed)
 
 
 def add_lora(model, spec: LoraSpec, *, quantized: bool, gradient_checkpointing: bool = False, seed: int = 0):
