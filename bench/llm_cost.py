@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params(ROOT / "params.yaml")
     cfg, hp, seed = params.llm, params.llm_hp, params.seed
-    rows = llm_rows(cfg, params.evaluate.max_rows, seed, root=ROOT / "data/splits")  # the stage's rows
-    tests, train_all = rows.tests, rows.train
+    stage_rows = llm_rows(cfg, params.evaluate.max_rows, seed, root=ROOT / "data/splits")
+    tests, train_all = stage_rows.tests, stage_rows.train
     train_df = sample_rows(train_all, hp.batch_size * hp.grad_accum * args.steps, seed)
     scored_rows = len({t for frame in tests.values() for t in frame["text"]})   # score_frames: each text once
     score_texts = sample_rows(tests[cfg.eval_splits[0]], args.n, seed)["text"].tolist()
