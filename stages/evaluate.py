@@ -13,7 +13,6 @@ metrics/forum/ and predictions_forum/.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -21,21 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.core.params import load_params  # noqa: E402
 from finsent.core.paths import workflow_labelled_dir, workflow_metrics_dir, workflow_predictions_dir  # noqa: E402
+from finsent.core.workflow_args import load_workflow, workflow_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--workflow", default=None, help="a key of params.yaml `workflows` (default: the top level)")
+    ap = workflow_parser(__doc__)
     ap.add_argument("--predictions-dir", default=None, help="default: predictions/ (predictions_<workflow>/)")
     args = ap.parse_args(argv)
-    params = load_params(args.params)  # validated before torch / transformers are imported
-    try:
-        flow = params.workflow(args.workflow)
-    except ValueError as exc:
-        raise SystemExit(f"evaluate: {exc}") from None
+    params, flow = load_workflow("evaluate", args)  # validated before torch / transformers are imported
     metrics_dir = workflow_metrics_dir(args.workflow)
     plots_dir = metrics_dir / "plots"
     predictions_dir = Path(args.predictions_dir or workflow_predictions_dir(args.workflow))

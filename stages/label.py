@@ -15,28 +15,21 @@ and the teacher's label shares are put next to the humans' on the compare sample
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.core.params import load_params  # noqa: E402
 from finsent.core.paths import workflow_labelled_dir, workflow_metrics_dir  # noqa: E402
+from finsent.core.workflow_args import load_workflow, workflow_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--workflow", default=None, help="a key of params.yaml `workflows` (default: the top level)")
+    ap = workflow_parser(__doc__)
     ap.add_argument("--out-dir", default=None, help="default: data/labelled/ (data/labelled_<workflow>/)")
     ap.add_argument("--metrics-dir", default=None, help="default: metrics/ (metrics/<workflow>/)")
     args = ap.parse_args(argv)
-    params = load_params(args.params)  # validated before anything heavy is imported
-    try:
-        flow = params.workflow(args.workflow)
-    except ValueError as exc:
-        raise SystemExit(f"label: {exc}") from None
+    params, flow = load_workflow("label", args)  # validated before anything heavy is imported
     metrics_dir = Path(args.metrics_dir or workflow_metrics_dir(args.workflow))
 
     from finsent.core.io import write_csv, write_metrics

@@ -9,28 +9,20 @@ models/forum_student/ (with its model card), runs/forum_student/ (TensorBoard), 
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from finsent.core.params import load_params  # noqa: E402
 from finsent.core.paths import (MODELS_DIR, RUNS_DIR, student_dir, workflow_labelled_dir,  # noqa: E402
                                 workflow_metrics_dir)
+from finsent.core.workflow_args import load_workflow, workflow_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--workflow", required=True, help="a key of params.yaml `workflows`")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)  # validated before anything heavy is imported
-    try:
-        flow = params.workflow(args.workflow)
-    except ValueError as exc:
-        raise SystemExit(f"train_student: {exc}") from None
+    args = workflow_parser(__doc__, required=True).parse_args(argv)
+    params, flow = load_workflow("train_student", args)  # validated before anything heavy is imported
 
     from finsent.core.io import read_interim, write_metrics
     from finsent.training.student import HEADLINE, train_student

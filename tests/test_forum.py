@@ -205,3 +205,14 @@ def test_max_chars_embeds_the_opening_and_the_cache_keys_what_was_embedded(tmp_p
     card = head.save(tmp_path / "student")
     assert card["max_chars"] == 10
     cache.close()
+
+
+@pytest.mark.parametrize("stage", ["compare", "label", "train_student", "evaluate"])
+def test_a_workflow_stage_refuses_an_unknown_workflow_and_names_the_closest(stage, root, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(root)
+    module = importlib.import_module(f"stages.{stage}")
+    with pytest.raises(SystemExit, match=rf"^{stage}: --workflow 'forun' is not in params\.yaml workflows "
+                                         r"\(did you mean 'forum'\?\); defined: forum"):
+        module.main(["--workflow", "forun"])

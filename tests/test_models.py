@@ -257,6 +257,30 @@ def test_agreement_weights_reach_the_loss_in_a_real_training_run(tmp_path, fpb, 
     assert out.summary["steps"] == 2 and (tmp_path / "model" / "model.safetensors").exists()
 
 
+def test_keep_layers_trains_and_saves_only_the_bottom_layers(tmp_path, fpb, params):
+    """hp keep_layers N: the model is built with the pretrained encoder's first N layers (top-layer dropping),
+    trains, saves only those, and reloads for inference; more layers than the model has is an error."""
+    from finsent.data.split import make_split
+    from finsent.training.encoder import layer_override, train_encoder
+
+    path = resolve_model_ref(MINILM)
+    assert layer_override(path, None) == {}
+    with pytest.raises(ValueError, match=r"has 6 transformer layers; set keep_layers to at most 6"):
+        layer_override(path, 7)
+    parts = make_split(fpb.rows, params.splits["fpb"], seed=42).parts
+    train, val = parts["train"].head(32), parts["val"].head(16)
+    hp = params.hp_sets["tiny"].model_copy(update={"keep_layers": 2})
+    out = train_encoder(train, val, model_ref=MINILM, hp=hp, hp_name="tiny", out_dir=tmp_path / "model",
+                        log_dir=tmp_path / "runs", live_dir=tmp_path / "live", work_dir=tmp_path / "work", max_steps=1)
+    assert out.summary["steps"] == 1
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["num_hidden_layers"] == 2
+    with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as fh:
+        layers = {int(k.split("encoder.layer.")[1].split(".")[0]) for k in fh.keys() if "encoder.layer." in k}
+    assert layers == {0, 1}
+    probs = EncoderClassifier(str(tmp_path / "model")).predict_proba(["Profit rose.", "Sales fell."])
+    assert probs.shape == (2, 3)
+
+
 def test_row_weights_balance_classes_and_combine_with_agreement():
     """class_weight='balanced': every class weighs the same in total; with agreement weights the product,
     rescaled to mean 1; both off: None (the plain loss); an unknown class_weight is an error."""

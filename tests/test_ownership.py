@@ -72,12 +72,12 @@ def test_unknown_key_names_its_path_and_the_closest_valid_key(root):
 
 def test_mistyped_values_and_dangling_names_are_errors(root):
     data = read_yaml(root / "params.yaml")
-    data["hp_sets"]["default"]["learning_rate"] = "fast"
-    with pytest.raises(ParamsError, match=r"hp_sets\.default\.learning_rate"):
+    data["hp_sets"]["minilm"]["learning_rate"] = "fast"
+    with pytest.raises(ParamsError, match=r"hp_sets\.minilm\.learning_rate"):
         validate(data)
     data = read_yaml(root / "params.yaml")
-    data["train"]["hp_set"] = "defualt"
-    with pytest.raises(ParamsError, match="did you mean 'default'"):
+    data["train"]["hp_set"] = "minlm"
+    with pytest.raises(ParamsError, match="did you mean 'minilm'"):
         validate(data)
     assert validate(read_yaml(root / "params.yaml")).hp.head_lr_multiplier == 10  # defaults live in the schema
 
@@ -86,7 +86,7 @@ def test_mistyped_values_and_dangling_names_are_errors(root):
 @pytest.mark.parametrize("override, hint", [
     ("+train.hp_sett=fast", "train: unknown key 'hp_sett' (did you mean 'hp_set'?)"),  # a new key: DVC adds it
     ("train.hp_set=fsat", "train.hp_set: 'fsat' is not defined (did you mean 'fast'?)"),
-    ("hp_sets.default.learning_rate=fast", "hp_sets.default.learning_rate: Input should be a valid number"),
+    ("hp_sets.minilm.learning_rate=fast", "hp_sets.minilm.learning_rate: Input should be a valid number"),
 ])
 def test_typo_in_dvc_exp_run_fails_fast_naming_the_key(root, tmp_path, override, hint):
     """`dvc exp run -S` with a typo'd key or value stops at the first stage that runs, in seconds and

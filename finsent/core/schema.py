@@ -155,6 +155,9 @@ class EncoderHP(TrainerHP):
                                     "agreement (Financial PhraseBank: 0.5 / 0.66 / 0.75 / 1.0) to this power, "
                                     "the weights rescaled to mean 1; rows without one (tweets, teacher labels) "
                                     "weigh 1 before rescaling (0 = off)")
+    keep_layers: int | None = Field(None, ge=1, description="keep only the pretrained encoder's first N transformer "
+                                    "layers (top-layer dropping, Sajjad et al. 2023: a base-size model at about "
+                                    "N/12 of its cost); null = all")
     freeze_word_embeddings: bool = Field(False, description="keep the token-embedding matrix fixed: with a large "
                                          "multilingual vocabulary (250k rows) most rows see no training token, "
                                          "and updating them about doubles a CPU step (e5-small: 4.7 vs 2.2 s)")

@@ -183,6 +183,20 @@ def optimizer_groups(model, lr: float, weight_decay: float, head_multiplier: flo
             for (factor, no_decay), params in groups.items()]
 
 
+def layer_override(path: str, keep_layers: int | None) -> dict[str, int]:
+    """The config override that builds only the first ``keep_layers`` transformer layers of the model at
+    ``path`` (the layers above are not loaded), checked against the layers it has; {} for all of them."""
+    if keep_layers is None:
+        return {}
+    from transformers import AutoConfig
+
+    layers = AutoConfig.from_pretrained(path).num_hidden_layers
+    if keep_layers > layers:
+        raise ValueError(f"hp keep_layers {keep_layers}: the model at {path} has {layers} transformer layers; "
+                         f"set keep_layers to at most {layers}, or null for all")
+    return {"num_hidden_layers": keep_layers}
+
+
 def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: str, hp: EncoderHP,
                   hp_name: str, out_dir: str | Path, log_dir: str | Path, live_dir: str | Path,
                   work_dir: str | Path, patience: int = 2, max_steps: int | None = None,
@@ -202,7 +216,7 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=len(LABELS), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
-        ignore_mismatched_sizes=True)
+        ignore_mismatched_sizes=True, **layer_override(path, hp.keep_layers))
     if tokenizer.pad_token is None:  # causal-LM style tokenizers
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
