@@ -78,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     from finsent.inference.classifiers import EncoderClassifier
     params = load_params(args.params)
     scratch = tempfile.TemporaryDirectory()
-    default = truncated_copy(params.train.model, params.hp.keep_layers, Path(scratch.name) / "default")
     keep = params.hp.keep_layers
+    default = truncated_copy(params.train.model, keep, Path(scratch.name) / "default")
+    default_ref = params.train.model + (f" (first {keep} layers)" if keep else "")
     models = {"minilm": (MINILM, MINILM),   # arm: (what is loaded, what it is)
-              f"train.model ({params.train.hp_set})": (default, params.train.model + (f" (first {keep} layers)" if keep else "")),
+              f"train.model ({params.train.hp_set})": (default, default_ref),
               "encoder_teacher.model": (params.encoder_teacher.model, params.encoder_teacher.model)}
     texts = posts(args.n)
     rows: dict[str, dict] = {}
