@@ -46,20 +46,15 @@ def posts(n: int) -> list[str]:
 
 
 def truncated_copy(ref: str, keep_layers: int | None, out: Path) -> str:
-    """``ref`` as the training stage builds it for an hp set with ``keep_layers`` (its first N layers), saved
-    to ``out`` with an untrained 2-output head; ``ref`` itself when the hp set keeps every layer."""
+    """``ref`` as the training stage builds it for an hp set with ``keep_layers`` (its first N layers, a new
+    3-label head), saved to ``out``; ``ref`` itself when the hp set keeps every layer."""
     if keep_layers is None:
         return ref
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from finsent.training.encoder import base_classifier
 
-    from finsent.core.refs import resolve_model_ref
-    from finsent.inference.packaged import transformers_path
-    from finsent.training.encoder import layer_override
-
-    path = transformers_path(resolve_model_ref(ref))
-    AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **layer_override(path, keep_layers)) \
-        .save_pretrained(out)
-    AutoTokenizer.from_pretrained(path).save_pretrained(out)
+    tokenizer, model = base_classifier(ref, keep_layers)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return str(out)
 
 
@@ -74,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from finsent.core.labelset import LABELS
     from finsent.core.params import load_params
     from finsent.inference.classifiers import EncoderClassifier
     params = load_params(args.params)
@@ -88,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict] = {}
     for name, (ref, described) in models.items():
         for dtype in args.dtypes.split(","):
+            # the base models' untrained 2-label heads (LABEL_0/1) and the cut copy's 3-label head (our names)
             clf = EncoderClassifier(ref, dtype=dtype, max_length=96,
-                                    label_map={"LABEL_0": "negative", "LABEL_1": "positive"})
+                                    label_map={"LABEL_0": "negative", "LABEL_1": "positive",
+                                               **{label: label for label in LABELS}})
             clf.predict_proba(texts[:64])  # warm-up
             rates = []
             for _ in range(args.repeats):

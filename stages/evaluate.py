@@ -1,7 +1,8 @@
 """Stage evaluate: every model in params.yaml `evaluate.models` on every test set.
 
 Writes metrics/headline/evaluate.json (the DVC metric: accuracy, macro-F1 and its interval of the models in
-`evaluate.headline`), metrics/evaluate.json (every model's figures), metrics/per_class.json,
+`evaluate.headline`), metrics/evaluate.json (every model's figures), metrics/timing/evaluate.json (each
+model's wall time), metrics/per_class.json,
 metrics/backends.json (each other runtime / precision of a model against it: macro-F1 change, label
 agreement), metrics/student.json, metrics/reports/*.txt,
 metrics/summary.md, DVC confusion plot data metrics/plots/confusion/*.csv, PNG figures in
@@ -45,10 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     else:  # baselines see exactly the rows the encoder was trained on
         train_df, labels = training_rows(params.train, params.seed), params.train.labels
     test_sets = test_sets_from_params(cfg.test_sets)
-    results, predictions, pairs = evaluate_all(cfg.models, test_sets, train_df, max_rows=cfg.max_rows,
-                                               seed=params.seed, resamples=cfg.bootstrap_resamples)
+    results, predictions, pairs, seconds = evaluate_all(cfg.models, test_sets, train_df, max_rows=cfg.max_rows,
+                                                        seed=params.seed, resamples=cfg.bootstrap_resamples)
 
     report, per_class = split_metrics(results)
+    for model, wall in seconds.items():  # a timing field: write_metrics puts it in metrics/timing/evaluate.json
+        report[model]["wall_seconds"] = wall
     write_metrics(report, metrics_dir / "evaluate.json", headline_patterns(cfg.headline_models))
     label_file = metrics_dir / "label.json"
     label_metrics = json.loads(label_file.read_text()) if label_file.exists() else None

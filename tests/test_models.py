@@ -257,6 +257,47 @@ def test_agreement_weights_reach_the_loss_in_a_real_training_run(tmp_path, fpb, 
     assert out.summary["steps"] == 2 and (tmp_path / "model" / "model.safetensors").exists()
 
 
+def test_rdrop_loss_adds_the_symmetric_kl_between_two_dropout_passes(head_3, tmp_path):
+    """hp rdrop_alpha a: in training the batch runs twice (stacked, so each copy draws its own dropout masks)
+    and the loss is the mean of the two copies' cross-entropy + a x (KL(p1 || p2) + KL(p2 || p1)) / 2; the
+    two passes really differ (the KL term is above 0); out of training mode the Trainer's own loss."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+    from transformers import TrainingArguments
+
+    from finsent.training.encoder import _row_loss_trainer, encode, rdrop_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(head_3)
+    model = AutoModelForSequenceClassification.from_pretrained(head_3).train()
+    assert model.config.hidden_dropout_prob > 0
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = _row_loss_trainer(Trainer, weighted=False, rdrop_alpha=0.5)(model=model, args=args)
+    texts = ["Profit rose sharply .", "Sales fell .", "The company is based in Espoo ."]
+    batch = DataCollatorWithPadding(tokenizer)([encode(tokenizer, texts, ["positive", "negative", "neutral"], 32)[i]
+                                                for i in range(3)])
+    with torch.no_grad():
+        torch.manual_seed(0)
+        loss = trainer.compute_loss(model, dict(batch)).item()
+        torch.manual_seed(0)
+        logits = model(input_ids=torch.cat([batch["input_ids"]] * 2),
+                       attention_mask=torch.cat([batch["attention_mask"]] * 2)).logits
+    first, second = logits.chunk(2)
+    ce = (F.cross_entropy(first, batch["labels"], reduction="none")
+          + F.cross_entropy(second, batch["labels"], reduction="none")) / 2
+    log_1, log_2 = F.log_softmax(first, -1), F.log_softmax(second, -1)
+    kl = (F.kl_div(log_2, log_1, log_target=True, reduction="none").sum(-1)
+          + F.kl_div(log_1, log_2, log_target=True, reduction="none").sum(-1)) / 2
+    assert kl.min().item() > 1e-6  # independent dropout masks: the two passes disagree a little
+    assert loss == pytest.approx((ce + 0.5 * kl).mean().item(), rel=1e-5)
+    assert rdrop_loss(first, first).abs().max().item() < 1e-6
+    model.eval()
+    with torch.no_grad():
+        plain = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(
+            F.cross_entropy(plain, batch["labels"]).item(), rel=1e-5)
+
+
 def test_keep_layers_trains_and_saves_only_the_bottom_layers(tmp_path, fpb, params):
     """hp keep_layers N: the model is built with the pretrained encoder's first N layers (top-layer dropping),
     trains, saves only those, and reloads for inference; more layers than the model has is an error."""

@@ -217,6 +217,43 @@ def test_backend_report_flags_losses_beyond_tolerance():
         backend_report({"x": PredictionsModel(kind="predictions", path="p", reference="nope")}, results, pairs, 0.005)
 
 
+def test_a_backend_scored_on_a_sample_is_compared_with_its_reference_on_the_same_rows(fpb, params, monkeypatch):
+    """evaluate.models.<m>.max_rows: the model is scored on a stratified sample of each test split (its
+    figures say n = the sample), and backends.json compares it with its reference on those same rows: the
+    reference's macro-F1 there, not on the whole set; the summary says the figures cover a sample."""
+    from finsent.core.schema import MajorityModel, TfidfModel
+    from finsent.data.split import make_split
+    from finsent.evaluation import evaluate as ev
+    from finsent.evaluation.metrics import compute_metrics
+
+    parts = make_split(fpb.rows, params.splits["fpb"], seed=42).parts
+    test = parts["test"]
+    monkeypatch.setattr(ev, "load_test_frames", lambda test_sets, max_rows, seed: {"fpb": test})
+    models = {"tfidf": TfidfModel(kind="tfidf"),
+              "tfidf_sampled": TfidfModel(kind="tfidf", reference="tfidf", max_rows=120),
+              "majority": MajorityModel(kind="majority", reference="tfidf", max_rows=120)}
+    test_sets = [ev.TestSet("fpb", "fpb"), ev.TestSet("fpb_allagree", "fpb", 1.0)]
+    results, predictions, pairs, seconds = ev.evaluate_all(models, test_sets, parts["train"], resamples=50,
+                                                           log=lambda *_: None)
+    assert set(seconds) == set(models)
+    assert results["tfidf"]["fpb"]["n"] == len(test) > 120 and results["majority"]["fpb"]["n"] == 120
+    sample = predictions["majority"]["fpb"]
+    assert sample["id"].is_unique and set(sample["id"]) <= set(test["id"])
+    report = ev.backend_report(models, results, pairs, tolerance=0.005)
+    same = report["tfidf_sampled"]["per_test_set"]   # the same model on the sample: nothing lost
+    assert same["fpb"] == {**same["fpb"], "n": 120, "label_agreement": 1.0, "delta_macro_f1": 0.0}
+    allagree = test.set_index("id").loc[sample["id"], "agreement"].fillna(0).ge(1.0).sum()
+    assert same["fpb_allagree"]["n"] == allagree < 120
+    ref = predictions["tfidf"]["fpb"].set_index("id").loc[sample["id"]]
+    row = report["majority"]["per_test_set"]["fpb"]
+    assert row["reference_macro_f1"] == compute_metrics(ref["label"], ref["pred"])["macro_f1"]
+    assert row["reference_macro_f1"] != results["tfidf"]["fpb"]["macro_f1"]
+    assert row["label_agreement"] == pytest.approx((ref["pred"].to_numpy() == sample["pred"].to_numpy()).mean(), abs=1e-4)
+    assert not row["within_tolerance"]
+    summary = ev.summary_markdown(results)
+    assert f"(sample: 120 of {len(test)} rows)" in summary and summary.count("(sample:") == 4
+
+
 def test_cli_names_the_fix_when_the_pipeline_model_is_missing(tmp_path, root):
     (tmp_path / "posts.csv").write_text("text\nProfit rose .\n", encoding="utf-8")
     result = subprocess.run([sys.executable, "-m", "finsent.cli", "predict", "posts.csv", "-o", "out.csv",

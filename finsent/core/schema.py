@@ -156,8 +156,8 @@ class EncoderHP(TrainerHP):
                                     "the weights rescaled to mean 1; rows without one (tweets, teacher labels) "
                                     "weigh 1 before rescaling (0 = off)")
     keep_layers: int | None = Field(None, ge=1, description="keep only the pretrained encoder's first N transformer "
-                                    "layers (top-layer dropping, Sajjad et al. 2023: a base-size model at about "
-                                    "N/12 of its cost); null = all")
+                                    "layers (top-layer dropping, Sajjad et al. 2023: about N / (its layers) of "
+                                    "its cost per post); null = all")
     freeze_word_embeddings: bool = Field(False, description="keep the token-embedding matrix fixed: with a large "
                                          "multilingual vocabulary (250k rows) most rows see no training token, "
                                          "and updating them about doubles a CPU step (e5-small: 4.7 vs 2.2 s)")
@@ -167,6 +167,10 @@ class EncoderHP(TrainerHP):
                                   "stage (0 = off, the labels only)")
     distill_temperature: float = Field(2.0, gt=0, description="the temperature T of both distributions in the "
                                        "distillation term")
+    rdrop_alpha: float = Field(0.0, ge=0, description="R-Drop (Liang et al. 2021): each training batch runs "
+                               "through the model twice with independent dropout, and the loss adds alpha x the "
+                               "symmetric KL divergence between the two predictions to their mean cross-entropy; "
+                               "a training step costs about twice as much (0 = off)")
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -203,6 +207,9 @@ class TestSetSpec(Section):
 class _EvalModel(Section):
     reference: str | None = Field(None, description="another way to run this model: compared in backends.json")
     test_sets: list[str] | None = Field(None, description="only these test sets")
+    max_rows: int | None = Field(None, ge=1, description="score this model on a stratified, seeded sample of at "
+                                 "most this many rows of each test split (a slow runtime checked against its "
+                                 "reference on the same rows; its figures cover the sample only); null = all")
 
 
 class MajorityModel(_EvalModel):

@@ -16,10 +16,14 @@ Every model and test set gets a seeded bootstrap 95% interval for accuracy and m
 Test sets are ``split`` test parts, optionally filtered (``min_agreement`` for FPB's AllAgree).
 A model with ``reference: <model>`` is another way to run that model (a lower precision, another
 runtime): :func:`backend_report` puts its macro-F1 change and label agreement next to the reference's.
+A model's own ``max_rows`` scores it on a stratified sample of each test split (bfloat16 on a CPU
+that only emulates it runs ~8x slower than float32): its backend comparison covers the same rows of
+the reference, and the summary shows the sample's size.
 """
 from __future__ import annotations
 
 import glob
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from finsent.core.schema import EncoderModel, EvalModel, RecordedModel, TestSetSpec, ZeroShotModel
-from finsent.data.splits import test_rows
+from finsent.data.splits import sample_rows, test_rows
 from finsent.evaluation.baselines import MajorityClassifier, TfidfLogReg
 from finsent.evaluation.metrics import (PROB_COLUMNS, agreement, bootstrap_intervals, compute_metrics, headline,
                                         prediction_frame, test_names)
@@ -138,26 +142,33 @@ def predict(model, split: str, frame: pd.DataFrame) -> np.ndarray:
 def evaluate_all(models: Mapping[str, EvalModel], test_sets: list[TestSet], train_df: pd.DataFrame,
                  *, max_rows: int | None = None, seed: int = 42, resamples: int = 1000, log=print):
     """Returns (results[model][test_set] -> full metrics, predictions[model][split] -> frame,
-    labels[model][test_set] -> frame of actual / predicted labels)."""
+    labels[model][test_set] -> frame of actual / predicted labels, seconds[model] -> wall time to build
+    and run it)."""
     frames = load_test_frames(test_sets, max_rows, seed)
     results: dict[str, dict[str, Any]] = {}
     predictions: dict[str, dict[str, pd.DataFrame]] = {}
     pairs: dict[str, dict[str, pd.DataFrame]] = {}
+    seconds: dict[str, float] = {}
     for name, spec in models.items():
+        start = time.perf_counter()
         model = build_model(name, spec, train_df, seed)
         mine = test_sets_for(name, spec, test_sets)
-        predictions[name] = {split: prediction_frame(frames[split], predict(model, split, frames[split]), name)
-                             for split in dict.fromkeys(ts.split for ts in mine)}
+        rows = {split: sample_rows(frames[split], spec.max_rows, seed) for split in dict.fromkeys(ts.split for ts in mine)}
+        predictions[name] = {split: prediction_frame(frame, predict(model, split, frame), name)
+                             for split, frame in rows.items()}
+        seconds[name] = round(time.perf_counter() - start, 1)
         results[name], pairs[name] = {}, {}
         for ts in mine:
-            pred = subset(predictions[name][ts.split].assign(agreement=frames[ts.split]["agreement"].to_numpy()), ts)
+            pred = subset(predictions[name][ts.split].assign(agreement=rows[ts.split]["agreement"].to_numpy()), ts)
             results[name][ts.name] = {**compute_metrics(pred["label"], pred["pred"]),
                                       **bootstrap_intervals(pred["label"], pred["pred"], resamples, seed)}
-            pairs[name][ts.name] = pred[["label", "pred"]].rename(columns={"label": "actual", "pred": "predicted"})
+            pairs[name][ts.name] = (pred.set_index("id")[["label", "pred"]]  # by test row id: backend_report
+                                    .rename(columns={"label": "actual", "pred": "predicted"}))  # aligns samples
             m = results[name][ts.name]
             log(f"{name:>18} on {ts.name:<14} n={m['n']:<5} acc {m['accuracy']:.4f}  "
                 f"macro-F1 {m['macro_f1']:.4f} {m.get('macro_f1_ci', '')}  weighted-F1 {m['weighted_f1']:.4f}")
-    return results, predictions, pairs
+        log(f"{name:>18} built and run in {seconds[name]} s")
+    return results, predictions, pairs, seconds
 
 
 def _cell(m: Mapping[str, Any], key: str) -> str:
@@ -166,13 +177,21 @@ def _cell(m: Mapping[str, Any], key: str) -> str:
 
 
 def summary_markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """Accuracy and macro-F1 (with their bootstrap 95% intervals) and weighted-F1 per model and test set."""
+    """Accuracy and macro-F1 (with their bootstrap 95% intervals) and weighted-F1 per model and test set;
+    a model scored on fewer rows of a test set than the others (its own ``max_rows``) says how many."""
     tests = test_names(results)
+    full = {t: max(per[t]["n"] for per in results.values() if t in per) for t in tests}
     lines = ["| model | " + " | ".join(f"{t} acc [95% CI] | {t} macro-F1 [95% CI] | {t} weighted-F1" for t in tests)
              + " |", "|---|" + "---|" * (3 * len(tests))]
     for model, per_test in results.items():
-        cells = [f"{_cell(per_test[t], 'accuracy')} | {_cell(per_test[t], 'macro_f1')} | {per_test[t]['weighted_f1']:.4f}"
-                 if t in per_test else "— | — | —" for t in tests]
+        cells = []
+        for t in tests:
+            if t not in per_test:
+                cells.append("— | — | —")
+                continue
+            m = per_test[t]
+            sample = f" (sample: {m['n']} of {full[t]} rows)" if m["n"] < full[t] else ""
+            cells.append(f"{_cell(m, 'accuracy')}{sample} | {_cell(m, 'macro_f1')} | {m['weighted_f1']:.4f}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -233,7 +252,8 @@ def backend_report(models: Mapping[str, EvalModel], results: Mapping[str, Mappin
                    pairs: Mapping[str, Mapping[str, pd.DataFrame]], tolerance: float) -> dict[str, Any]:
     """For every model with a ``reference``: per test set its macro-F1, the reference's, the change,
     whether the loss is within ``tolerance`` (0.005 = half a point), and the share of rows where
-    both predict the same label."""
+    both predict the same label, all on the rows both were scored on (``pairs`` are indexed by test row:
+    a model scored on a sample of a test set is compared with the reference on that sample)."""
     report: dict[str, Any] = {}
     for name, spec in models.items():
         ref = spec.reference
@@ -245,11 +265,20 @@ def backend_report(models: Mapping[str, EvalModel], results: Mapping[str, Mappin
         for test, m in results[name].items():
             if test not in results[ref]:
                 continue
-            base = results[ref][test]["macro_f1"]
+            mine, theirs = pairs[name][test], pairs[ref][test]
+            if len(mine) == len(theirs):
+                base = results[ref][test]["macro_f1"]
+            else:  # a sample: the reference on the same rows
+                missing = mine.index.difference(theirs.index)
+                if len(missing):
+                    raise ValueError(f"evaluate.models.{name} on {test}: {len(missing)} rows the reference {ref!r} "
+                                     f"was not scored on (first: {missing[0]})")
+                theirs = theirs.loc[mine.index]
+                base = compute_metrics(theirs["actual"], theirs["predicted"])["macro_f1"]
             delta = round(m["macro_f1"] - base, 4)
-            same = agreement(pairs[ref][test]["predicted"].tolist(), pairs[name][test]["predicted"].tolist())["accuracy"]
+            same = agreement(theirs["predicted"].tolist(), mine["predicted"].tolist())["accuracy"]
             report[name]["per_test_set"][test] = {
-                "macro_f1": m["macro_f1"], "reference_macro_f1": base, "delta_macro_f1": delta,
+                "n": len(mine), "macro_f1": m["macro_f1"], "reference_macro_f1": base, "delta_macro_f1": delta,
                 "within_tolerance": bool(delta >= -tolerance - 1e-9), "label_agreement": same}
         report[name]["all_within_tolerance"] = all(v["within_tolerance"]
                                                    for v in report[name]["per_test_set"].values())

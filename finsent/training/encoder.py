@@ -81,6 +81,13 @@ def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, tempera
     return (log_teacher.exp() * (log_teacher - log_student)).sum(-1) * temperature ** 2
 
 
+def rdrop_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Per-row symmetric KL divergence between two predictions of the same rows (R-Drop, Liang et al. 2021):
+    (KL(a || b) + KL(b || a)) / 2, zero when the two dropout masks predict alike."""
+    log_a, log_b = torch.log_softmax(logits_a, dim=-1), torch.log_softmax(logits_b, dim=-1)
+    return 0.5 * ((log_a.exp() * (log_a - log_b)).sum(-1) + (log_b.exp() * (log_b - log_a)).sum(-1))
+
+
 def agreement_weights(agreement: pd.Series | None, power: float) -> np.ndarray | None:
     """Per-row loss weights from annotator agreement: ``agreement ** power``, rows without an agreement
     level weighing 1, all rescaled to mean 1 (so the learning rate keeps its meaning). None when
@@ -106,11 +113,14 @@ def row_weights(train_df: pd.DataFrame, agreement_power: float, class_weight: st
     return None if weights is None else weights / weights.mean()
 
 
-def _row_loss_trainer(trainer_cls, *, weighted: bool, distill_weight: float = 0.0, temperature: float = 2.0):
+def _row_loss_trainer(trainer_cls, *, weighted: bool, distill_weight: float = 0.0, temperature: float = 2.0,
+                      rdrop_alpha: float = 0.0):
     """``trainer_cls`` whose training loss is computed per row: cross-entropy on the label (with the run's
     label smoothing), mixed with a teacher's soft targets when ``distill_weight`` > 0 ((1 - w) x CE + w x
     :func:`distillation_loss`), times each row's ``weight`` when ``weighted``; the batch mean, so the
-    Trainer still divides it by the gradient-accumulation steps. Validation batches (no weights, no soft
+    Trainer still divides it by the gradient-accumulation steps. With ``rdrop_alpha`` > 0 the batch runs
+    twice (stacked into one forward pass, each copy with its own dropout masks): the row loss is the mean of
+    the two copies' plus alpha x :func:`rdrop_loss` between them. Validation batches (no weights, no soft
     targets) take the Trainer's own loss; a training batch missing what the loss needs is an error
     (nothing trains unweighted or undistilled silently)."""
 
@@ -124,13 +134,20 @@ def _row_loss_trainer(trainer_cls, *, weighted: bool, distill_weight: float = 0.
             if (weighted and weight is None) or (distill_weight and soft is None):
                 raise RuntimeError("a training batch reached the loss without its row weights or soft targets")
             labels = inputs.pop("labels")
+            copies = 2 if rdrop_alpha and model.training else 1
+            if copies == 2:
+                inputs = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in inputs.items()}
             outputs = model(**inputs)
-            logits = outputs.logits.float()
-            per_row = torch.nn.functional.cross_entropy(
-                logits, labels, reduction="none", label_smoothing=self.args.label_smoothing_factor)
-            if distill_weight:
-                per_row = ((1 - distill_weight) * per_row
+            per_row = 0.0
+            for logits in outputs.logits.float().chunk(copies):
+                row = torch.nn.functional.cross_entropy(
+                    logits, labels, reduction="none", label_smoothing=self.args.label_smoothing_factor)
+                if distill_weight:
+                    row = ((1 - distill_weight) * row
                            + distill_weight * distillation_loss(logits, soft.float(), temperature))
+                per_row = per_row + row / copies
+            if copies == 2:
+                per_row = per_row + rdrop_alpha * rdrop_loss(*outputs.logits.float().chunk(2))
             if weighted:
                 per_row = per_row * weight.to(per_row.dtype)
             loss = per_row.mean()
@@ -197,6 +214,23 @@ def layer_override(path: str, keep_layers: int | None) -> dict[str, int]:
     return {"num_hidden_layers": keep_layers}
 
 
+def base_classifier(model_ref: str, keep_layers: int | None = None):
+    """(tokenizer, model): the pretrained encoder ``model_ref`` (hub id, directory, pkg://) with a new
+    classifier head over LABELS and only its first ``keep_layers`` transformer layers, as training starts
+    from it (benchmarks build the same model)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = transformers_path(resolve_model_ref(model_ref))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(LABELS), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
+        ignore_mismatched_sizes=True, **layer_override(path, keep_layers))
+    if tokenizer.pad_token is None:  # causal-LM style tokenizers
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
 def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: str, hp: EncoderHP,
                   hp_name: str, out_dir: str | Path, log_dir: str | Path, live_dir: str | Path,
                   work_dir: str | Path, patience: int = 2, max_steps: int | None = None,
@@ -208,18 +242,10 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
     ``class_weight="balanced"`` weighs each row's loss against its class's frequency (with the hp set's
     agreement weights, if any). ``soft_targets`` (rows x classes, a teacher's probabilities aligned with
     ``train_df``) are required when the hp set's ``distill_weight`` is above 0."""
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              EarlyStoppingCallback, Trainer, TrainingArguments, set_seed)
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
     set_seed(hp.seed)
-    path = transformers_path(resolve_model_ref(model_ref))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(LABELS), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID),
-        ignore_mismatched_sizes=True, **layer_override(path, hp.keep_layers))
-    if tokenizer.pad_token is None:  # causal-LM style tokenizers
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer, model = base_classifier(model_ref, hp.keep_layers)
     if hp.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
 
@@ -248,9 +274,10 @@ def train_encoder(train_df: pd.DataFrame, val_df: pd.DataFrame, *, model_ref: st
     )
     groups = optimizer_groups(model, hp.learning_rate, hp.weight_decay, hp.head_lr_multiplier,
                               hp.layer_lr_decay)
-    custom_loss = weights is not None or soft is not None
+    custom_loss = weights is not None or soft is not None or hp.rdrop_alpha > 0
     trainer_cls = (_row_loss_trainer(Trainer, weighted=weights is not None, distill_weight=hp.distill_weight,
-                                     temperature=hp.distill_temperature) if custom_loss else Trainer)
+                                     temperature=hp.distill_temperature, rdrop_alpha=hp.rdrop_alpha)
+                   if custom_loss else Trainer)
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
         optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": groups, "lr": hp.learning_rate}),
