@@ -11,8 +11,14 @@ those: a few steps carry the first steps' warm-up, so the projection is an upper
 10.4 s/step against 6.2 s/step over the stage's 87 steps, both float32 on one AVX2-only 2-core machine).
 
     python bench/llm_cost.py --model models/.cache/gemma-3-270m-q4_k_m.gguf [--n 64] [--steps 6]
+    python bench/llm_cost.py --plain --steps 12   # the shared-prompt-prefix training step vs trl's plain one
 
 (`bench/forum_gemma.py` assembles that file from its packages.) Writes bench/results/llm_cost.json.
+
+`--plain` adds the baseline trained by trl's own SFTTrainer step, which runs every row's whole prompt, against
+the stage's SharedPrefixSFTTrainer, which runs the prompts' common beginning once per batch
+(finsent/training/lora.py). Measured 2026-12-07 at batch 8, 12 steps (bench/results/llm_prefix.json): 4.66 vs
+7.59 s a step, the plain step 1.63x the shared one.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 BASELINE = "params.yaml llm"
 
 
-def measure(ref: str, hp, train_df, score_texts, steps: int, seed: int) -> dict:
+def measure(ref: str, hp, train_df, score_texts, steps: int, seed: int, share_prefix: bool = True) -> dict:
     from finsent.inference.causal_lm import load_causal_lm, score_labels
     from finsent.training.lora import add_lora, sft_train
 
@@ -47,7 +53,7 @@ def measure(ref: str, hp, train_df, score_texts, steps: int, seed: int) -> dict:
     model = add_lora(model, hp.lora, quantized=False, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         trained = sft_train(model, tokenizer, train_df, None, hp, work_dir=Path(tmp) / "w", log_dir=Path(tmp) / "runs",
-                            live_dir=Path(tmp) / "live", max_steps=steps)
+                            live_dir=Path(tmp) / "live", max_steps=steps, share_prefix=share_prefix)
     return {"model": ref, "parameters_m": round(params_m, 1), "load_s": round(load_s, 1),
             "score_rows_per_s": round(score_rows_per_s, 2), "seconds_per_step": trained["seconds_per_step"],
             "steps": trained["steps"]}
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", default=[], help="a causal LM reference to compare (repeatable)")
     ap.add_argument("--n", type=int, default=64, help="test rows scored per model")
     ap.add_argument("--steps", type=int, default=6, help="LoRA steps per model")
+    ap.add_argument("--plain", action="store_true",
+                    help="also the baseline trained by trl's plain SFTTrainer, without the shared prompt prefix")
     ap.add_argument("--out", default=str(ROOT / "bench/results/llm_cost.json"))
     args = ap.parse_args(argv)
 
@@ -77,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = math.ceil(len(train_all) / (hp.batch_size * hp.grad_accum))
 
     rows = {}
-    for name, ref in [(BASELINE, hp.model)] + [(m, m) for m in args.model]:
+    runs = [(BASELINE, hp.model, True)] + [(m, m, True) for m in args.model]
+    if args.plain:
+        runs.insert(1, (f"{BASELINE}, plain SFTTrainer", hp.model, False))
+    for name, ref, share_prefix in runs:
         print(f"llm_cost: {name} ...", flush=True)
-        r = measure(ref, hp, train_df, score_texts, args.steps, hp.seed)
+        r = measure(ref, hp, train_df, score_texts, args.steps, hp.seed, share_prefix=share_prefix)
         r["projected_stage_s"] = round(steps_per_epoch * hp.epochs * r["seconds_per_step"]
                                        + 2 * scored_rows / r["score_rows_per_s"])
         rows[name] = r
@@ -94,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name[:48]:<48} {r['parameters_m']:>9.1f} {r['seconds_per_step']:>8.2f} {r['step_cost_vs_baseline']:>6.2f} "
               f"{r['score_rows_per_s']:>8.2f} {r['score_cost_vs_baseline']:>6.2f} {r['projected_stage_s']:>8}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"baseline": BASELINE, "hp_set": cfg.hp_set, "dtype": "float32",
+    Path(args.out).write_text(json.dumps({"baseline": BASELINE, "hp_set": cfg.hp_set, "batch_size": hp.batch_size,
+                                          "grad_accum": hp.grad_accum, "epochs": hp.epochs, "dtype": "float32",
                                           "threads": torch.get_num_threads(), "steps_per_epoch": steps_per_epoch,
                                           "scored_rows": scored_rows, "rows": rows}, indent=2) + "\n")
     return 0

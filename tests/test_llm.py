@@ -1,6 +1,7 @@
 """Causal-LM path on tiny, locally built models: LoRA targets, 4-bit CPU gradients, SFT, scoring."""
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -13,7 +14,8 @@ from finsent.core.prompts import label_continuations, render_completion, render_
 from finsent.core.runtime import resolve_dtype
 from finsent.core.schema import LLMHP, LoraSpec, Quantization
 from finsent.inference.causal_lm import check_4bit_support, load_causal_lm, score_frames, score_labels
-from finsent.training.lora import add_lora, lora_target_names, merged_for_inference, sft_train
+from finsent.training.lora import (add_lora, lora_target_names, merged_for_inference, sft_train, sft_trainer,
+                                   shared_prefix_length)
 
 from .conftest import build_tiny_llama
 
@@ -111,6 +113,52 @@ def test_sft_loss_falls_and_adapter_learns(tiny_lm, rows, tmp_path):
         assert any(getattr(m, "merged", False) for m in model.modules())
         assert np.allclose(score_labels(model, tok, rows["text"]), probs, atol=1e-4)
     assert np.allclose(score_labels(model, tok, rows["text"]), probs, atol=1e-5)
+
+
+def test_shared_prefix_step_gives_trls_loss_and_gradients(tiny_lm, rows, tmp_path):
+    """The training step runs the prompts' common beginning once per batch: its loss and LoRA gradients
+    must be those of trl's own SFTTrainer step on the same batch."""
+    from trl import SFTTrainer
+
+    model, tok = load_causal_lm(tiny_lm)
+    model = add_lora(model, LoraSpec(r=4, alpha=8, dropout=0.0), quantized=False, seed=0)
+    hp = LLMHP(model=tiny_lm, learning_rate=1e-3, batch_size=6, epochs=1, max_length=128, seed=0)
+    trainer = sft_trainer(model, tok, rows, None, hp, work_dir=tmp_path / "w", log_dir=tmp_path / "tb",
+                          live_dir=tmp_path / "live")
+    assert type(trainer).__name__ == "SharedPrefixSFTTrainer"
+    batch = next(iter(trainer.get_train_dataloader()))
+    n = shared_prefix_length(batch)
+    prompts = [tok(render_prompt(tok, text), add_special_tokens=False)["input_ids"] for text in rows["text"]]
+    template_start = len(os.path.commonprefix(prompts))  # system prompt + fence: shared by every row
+    assert template_start > 10 and n >= template_start
+    assert (batch["input_ids"][:, :n] == batch["input_ids"][:1, :n]).all()
+
+    def step(compute_loss):
+        model.train()
+        model.zero_grad()
+        loss = compute_loss(trainer, model, dict(batch))
+        loss.backward()
+        return float(loss), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+    shared_loss, shared_grad = step(type(trainer).compute_loss)
+    plain_loss, plain_grad = step(SFTTrainer.compute_loss)
+    assert shared_grad.abs().max() > 0
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert torch.allclose(shared_grad, plain_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_prefix_stops_before_the_first_target_and_needs_a_plain_batch():
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    labels = torch.full_like(ids, -100)
+    assert shared_prefix_length({"input_ids": ids, "attention_mask": mask, "labels": labels}) == 3
+    labels[0, 2] = 3  # a target at position 2 is predicted from position 1, so the suffix starts there
+    assert shared_prefix_length({"input_ids": ids, "attention_mask": mask, "labels": labels}) == 1
+    assert shared_prefix_length({"input_ids": ids.flip(1), "attention_mask": mask,
+                                 "labels": torch.full_like(ids, -100)}) == 0
+    assert shared_prefix_length({"input_ids": ids, "attention_mask": mask, "labels": labels,
+                                 "position_ids": ids}) == 0  # padding-free batches are left to trl
+    assert shared_prefix_length({"input_ids": ids[:1], "attention_mask": mask[:1], "labels": labels[:1]}) == 0
 
 
 def test_4bit_cpu_lora_gradients_nonzero_after_eval_pass(tiny_lm, rows):

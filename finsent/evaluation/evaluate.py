@@ -17,8 +17,8 @@ Test sets are ``split`` test parts, optionally filtered (``min_agreement`` for F
 A model with ``reference: <model>`` is another way to run that model (a lower precision, another
 runtime): :func:`backend_report` puts its macro-F1 change and label agreement next to the reference's.
 A model's own ``max_rows`` scores it on a stratified sample of each test split (bfloat16 on a CPU
-that only emulates it runs ~8x slower than float32): its backend comparison covers the same rows of
-the reference, and the summary shows the sample's size.
+that only emulates it, such as an AVX2-only one, runs 7.5x slower than float32): its backend comparison
+covers the same rows of the reference, and the summary shows the sample's size.
 """
 from __future__ import annotations
 
