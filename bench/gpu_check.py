@@ -9,7 +9,8 @@ so the committed metrics and models here are never touched) with its params merg
 - ``encoder_default``: stage ``train`` with the default hp set (bf16 mixed precision on the GPU);
 - ``qlora``: stage ``train_llm`` with the ``phi2-qlora`` recipe (bitsandbytes nf4 4-bit base, bf16 compute,
   paged AdamW, gradient checkpointing) pointed at the packaged SmolLM2, because Phi-2's weights cannot be
-  fetched offline; scored before and after on the balanced test. CUDA only;
+  fetched offline; the adapter scored on the 4-bit base after training, on the balanced test (the zero-shot
+  "before" is stage ``score_llm_base``, not part of this check). CUDA only;
 - ``encoder_mpnet``: stage ``train_teacher``, the all-mpnet-base-v2 teacher recipe (``mpnet-teacher``, bf16 on the
   GPU: fine-tuning, then its probabilities on the train rows and the test sets); the stage is frozen in the
   pipeline, so the scratch copy's dvc.yaml drops its ``frozen`` flag first. Dry: 200 training rows.

@@ -1,10 +1,11 @@
-"""Stage train_llm: LoRA fine-tune a causal LM (trl SFTTrainer) and score it before and after.
+"""Stage train_llm: LoRA fine-tune a causal LM (trl SFTTrainer) and score the adapter.
 
 Reads params.yaml `llm` (+ the hp set named by llm.hp_set in `llm_hp_sets`). Trains on the
 train part of llm.train_split (balanced FPB by default) minus any text of the test sets it is
-scored on, with eval loss on its val part. Scores the base model (zero-shot) and the adapter on
-the test parts of llm.eval_splits (the same rows evaluate uses: finsent.data.splits.test_rows),
-writing models/llm/predictions/{base,lora}/<split>.csv for the evaluate stage, the adapter (with its
+scored on, with eval loss on its val part. Scores the adapter on the test parts of llm.eval_splits
+(the same rows evaluate uses, and the same rows stage score_llm_base scores the base model on: the
+"before" of this "after", a stage of its own so that a new LoRA recipe does not rescore the base),
+writing models/llm/predictions/<split>.csv for the evaluate stage, the adapter (with its
 model card: base model, max length, hp set, data fingerprint) to models/llm/adapter, TensorBoard
 events to runs/llm/<hp_set>, DVCLive to metrics/live/train_llm/ (the DVC metrics: losses), and the run's
 report to metrics/train_llm.json.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from finsent.core.cards import data_fingerprint, write_card
-    from finsent.core.io import write_csv, write_metrics
-    from finsent.evaluation.metrics import compute_metrics, prediction_frame, probs_to_labels
-    from finsent.inference.causal_lm import load_causal_lm, score_frames
+    from finsent.core.io import write_metrics
+    from finsent.inference.causal_lm import load_causal_lm
+    from finsent.inference.llm_scoring import score_to_predictions
     from finsent.training.lora import add_lora, llm_rows, merged_for_inference, sft_train
 
     cfg, hp, name = params.llm, params.llm_hp, params.llm.hp_set
@@ -58,21 +58,6 @@ def main(argv: list[str] | None = None) -> int:
                      "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                      "train_rows_removed_as_test_text": removed}
 
-    def score(stage_name: str) -> None:
-        start = time.perf_counter()
-        with merged_for_inference(model):
-            scored = score_frames(model, tokenizer, tests, batch_size=cfg.score_batch_size,
-                                  desc=f"score {stage_name}")
-        summary[f"{stage_name}_score_seconds"] = round(time.perf_counter() - start, 1)
-        for split, frame in tests.items():
-            write_csv(prediction_frame(frame, scored[split], f"llm_{stage_name}"),
-                      out_dir / "predictions" / stage_name / f"{split}.csv")
-            acc = compute_metrics(frame["label"], probs_to_labels(scored[split]))["accuracy"]
-            summary[f"{stage_name}_accuracy_{split}"] = acc
-            print(f"train_llm: {stage_name} accuracy on {split} test ({len(frame)} rows): {acc:.4f}")
-
-    if main_process:
-        score("base")
     model = add_lora(model, hp.lora, quantized=quantized, gradient_checkpointing=hp.gradient_checkpointing,
                      seed=hp.seed)
     summary["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -88,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                hp_set=name, data_fingerprint=data_fingerprint(train_df["text"], train_df["label"]),
                train_rows=len(train_df))
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    score("lora")
+    with merged_for_inference(model):
+        summary.update(score_to_predictions(model, tokenizer, tests, name="lora", out_dir=out_dir / "predictions",
+                                            batch_size=cfg.score_batch_size))
     write_metrics(summary, METRICS_DIR / "train_llm.json")
     return 0
 

@@ -80,17 +80,37 @@ def test_scoring_gives_one_valid_label_per_row(tiny_lm, rows):
     assert np.allclose(scored["b"], probs[frames["b"].index], atol=1e-4)
 
 
-def test_llm_stage_scores_every_split_evaluate_reads():
-    """evaluate reads the LLM's predictions per split; the stage must write each of them."""
-    from finsent.core.params import load_params
+def test_score_to_predictions_writes_what_evaluate_reads(tiny_lm, rows, tmp_path):
+    """The LLM stages' writer (score_llm_base, train_llm): one predictions file per split, in evaluate's
+    format, with the labels score_frames gives, and each split's accuracy in the report."""
+    from finsent.inference.llm_scoring import score_to_predictions
+
+    model, tok = load_causal_lm(tiny_lm)
+    frames = {"a": rows.iloc[:15].reset_index(drop=True), "b": rows.iloc[15:].reset_index(drop=True)}
+    report = score_to_predictions(model, tok, frames, name="base", out_dir=tmp_path, batch_size=5)
+    expected = score_frames(model, tok, frames, batch_size=5)
+    assert report["base_score_seconds"] >= 0
+    for split, frame in frames.items():
+        written = pd.read_csv(tmp_path / f"{split}.csv")
+        predicted = np.array([LABELS[i] for i in expected[split].argmax(1)])
+        assert written["text"].tolist() == frame["text"].tolist() and written["pred"].tolist() == predicted.tolist()
+        assert set(written["model"]) == {"llm_base"}
+        assert report[f"base_accuracy_{split}"] == pytest.approx((predicted == frame["label"].to_numpy()).mean(), abs=1e-4)
+
+
+def test_llm_stages_write_every_split_evaluate_reads(root):
+    """evaluate reads the LLM's predictions per split: llm_base from stage score_llm_base's output (zero-shot,
+    before), llm_lora from train_llm's (after); each stage scores every split evaluate reads for its model."""
+    from finsent.core.params import load_params, read_yaml
     from finsent.evaluation import evaluate
 
     params = load_params()
+    stages = read_yaml(root / "dvc.yaml")["stages"]
     test_sets = evaluate.test_sets_from_params(params.evaluate.test_sets)
-    llm_models = {name: spec for name, spec in params.evaluate.models.items()
-                  if spec.kind == "predictions" and spec.path.startswith("models/llm/")}
-    assert set(llm_models) == {"llm_base", "llm_lora"}
-    for name, spec in llm_models.items():
+    for name, stage in {"llm_base": "score_llm_base", "llm_lora": "train_llm"}.items():
+        spec = params.evaluate.models[name]
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in stages[stage]["outs"]]
+        assert spec.kind == "predictions" and any(spec.path.startswith(f"{out}/") for out in outs), (name, outs)
         assert {ts.split for ts in evaluate.test_sets_for(name, spec, test_sets)} <= set(params.llm.eval_splits)
 
 

@@ -15,7 +15,8 @@ from finsent.core.prompts import render_completion, render_prompt
 from finsent.core.runtime import use_cuda
 from finsent.core.schema import LLMHP, LLMSection, LoraSpec
 from finsent.data.split import exclude_texts
-from finsent.data.splits import load_split, sample_rows, test_rows
+from finsent.data.splits import load_split, sample_rows
+from finsent.inference.llm_scoring import llm_test_rows
 from finsent.training.common import logging_callbacks, trainer_arguments
 
 
@@ -31,7 +32,7 @@ def llm_rows(llm_cfg: LLMSection, max_test_rows: int | None, seed: int, root: st
     """The causal LM's rows: it is scored on the rows evaluate scores (``evaluate.max_rows``), and learns from
     the train part of ``llm.train_split`` minus every text of those test sets (whole test sets, not only the
     sampled rows), sampled to ``llm.max_train_rows``; its eval loss reads the val part (``llm.max_val_rows``)."""
-    tests = {split: test_rows(split, max_test_rows, seed, root) for split in llm_cfg.eval_splits}
+    tests = llm_test_rows(llm_cfg.eval_splits, max_test_rows, seed, root)
     train, removed = exclude_texts(load_split(llm_cfg.train_split, "train", root),
                                    [load_split(split, "test", root) for split in llm_cfg.eval_splits])
     return LLMRows(tests=tests, train=sample_rows(train, llm_cfg.max_train_rows, seed),
