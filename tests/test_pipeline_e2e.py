@@ -1,6 +1,7 @@
 """End to end: the real `dvc repro` on the tiny CI configuration, in a scratch copy of the project."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -233,7 +234,7 @@ def test_a_new_lora_recipe_reuses_the_base_models_scores(repo):
     hp = params["llm_hp_sets"][params["llm"]["hp_set"]]
 
     def stale_after(change) -> set[str]:
-        edited = json.loads(json.dumps(params))
+        edited = copy.deepcopy(params)   # not a JSON round trip: label maps have integer keys
         change(edited["llm_hp_sets"][params["llm"]["hp_set"]])
         dump_params(edited, repo / "params.yaml")
         return set(json.loads(run(["dvc", "status", "--json"], repo, capture_output=True).stdout))
