@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from bench.gpu_check import DRY_PARAMS
+
 pytestmark = pytest.mark.slow
 
 
@@ -30,5 +32,6 @@ def test_gpu_check_dry_mode_trains_the_encoder_and_the_teacher_and_names_what_it
         assert qlora["status"] == "skipped" and "CUDA only" in qlora["reason"]
     assert mpnet["status"] == "ok" and mpnet["stage"] == "train_teacher"   # the frozen stage, unfrozen in the copy
     assert mpnet["metrics"]["base_model"].startswith("pkg://all-mpnet-base-v2") and mpnet["metrics"]["steps"] > 0
-    assert mpnet["metrics"]["soft_targets_rows"] == 100   # a probability for every row it learnt from (dry size)
+    dry_rows = DRY_PARAMS["encoder_mpnet"]["train"]["max_train_rows"]
+    assert mpnet["metrics"]["soft_targets_rows"] == dry_rows   # a probability for every row it learnt from
     assert (root / "metrics/train.json").read_bytes() == committed   # it ran in a scratch copy
