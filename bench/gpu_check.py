@@ -165,15 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         run(["git", "add", "-A"], repo, capture_output=True)
         run(["git", "commit", "-q", "-m", "gpu check"], repo, capture_output=True)
         full = read_yaml(ROOT / "params.yaml")
-        base = ci_params(ROOT) if args.dry else full
-        for name, gpu in gpu_params(full).items():  # the GPU run's parameters are valid, in the dry run too
-            validate(deep_merge(full, gpu), f"params.yaml + gpu_check {name}")
+        gpu_run = {name: deep_merge(full, gpu) for name, gpu in gpu_params(full).items()}
+        for name, params in gpu_run.items():  # the GPU run's parameters are valid, in the dry run too
+            validate(params, f"params.yaml + gpu_check {name}")
+        dry_base = ci_params(ROOT) if args.dry else None
         for name in STAGES:  # the steps, in order
             if name in CUDA_ONLY and not cuda:
                 report["steps"][name] = {"status": "skipped", "reason": CUDA_ONLY[name]}
             else:
-                params = deep_merge(base, DRY_PARAMS.get(name, {}) if args.dry else gpu_params(base)[name])
-                validate(params, f"params.yaml + gpu_check {name}" + (f" + {OVERRIDES}" if args.dry else ""))
+                if args.dry:
+                    params = deep_merge(dry_base, DRY_PARAMS.get(name, {}))
+                    validate(params, f"params.yaml + gpu_check {name} + {OVERRIDES}")
+                else:
+                    params = gpu_run[name]
                 print(f"gpu_check: {name} ...", flush=True)
                 report["steps"][name] = run_step(repo, name, params)
             print(f"gpu_check: {name}: {report['steps'][name]['status']}", flush=True)
