@@ -38,11 +38,12 @@ def training_pool(labelled: pd.DataFrame, spec: Student, seed: int) -> tuple[pd.
     return kept.reset_index(drop=True), left_out
 
 
-def fit_head(spec: EmbeddingHeadStudent, embedder, texts, labels, embeddings: np.ndarray, seed: int) -> EmbeddingHead:
-    """The head ``spec`` describes, fitted on embedded texts (train_student and bench/forum_student.py's CV)."""
+def fit_head(spec: EmbeddingHeadStudent, embedder, texts, labels, embeddings: np.ndarray, seed: int,
+             sample_weight: np.ndarray | None = None) -> EmbeddingHead:
+    """The head ``spec`` describes, fitted on embedded texts (train_student and the bench/forum_*.py CVs)."""
     return EmbeddingHead.fit(embedder, texts, labels, embeddings=embeddings, tfidf=spec.tfidf,
                              tfidf_max_features=spec.tfidf_max_features, embedding_weight=spec.embedding_weight,
-                             C=spec.C, class_weight=spec.class_weight, seed=seed)
+                             C=spec.C, class_weight=spec.class_weight, seed=seed, sample_weight=sample_weight)
 
 
 def train_student(labelled: pd.DataFrame, spec: Student, out_dir: str | Path, *, seed: int,
