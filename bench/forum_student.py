@@ -57,6 +57,49 @@ def settings(base, assignments: list[str]) -> list[tuple[str, object]]:
     return out
 
 
+def head_student_data(workflow: str, bench: str):
+    """(params, the workflow's section, its teacher-labelled pool, the frozen test rows): the common start of
+    the bench/forum_*.py benches, which all compare head students."""
+    params = load_params(ROOT / "params.yaml")
+    flow = params.workflow(workflow)
+    if flow.student.kind != "embedding_head":
+        raise SystemExit(f"{bench} compares head students; workflows.{workflow}.student is kind "
+                         f"{flow.student.kind!r} (its held-out fit to the teacher is in metrics/{workflow}/train.json)")
+    pool, _ = training_pool(read_interim(workflow_labelled_dir(workflow) / "pool.csv"), flow.student, params.seed)
+    test = test_rows(flow.evaluate.test_sets[next(iter(flow.evaluate.test_sets))].split, None, params.seed,
+                     root=ROOT / "data/splits")
+    return params, flow, pool, test
+
+
+def embed_cached(flow, embedder, **texts: list[str]) -> dict[str, np.ndarray]:
+    """Each named list of texts embedded through the student's content cache (only new texts cost time)."""
+    cache = EmbeddingCache(Path(flow.label.cache_dir) / EMBEDDING_CACHE)
+    try:
+        return {name: cache.embed(embedder, items, desc=f"embed {name}") for name, items in texts.items()}
+    finally:
+        cache.close()
+
+
+def test_scores(flow, test, pred, seed) -> dict:
+    """The frozen human test's figures for one setting's predictions (for the record only)."""
+    gold, pred = test["label"].tolist(), list(pred)
+    return {"test": accuracy_and_macro_f1(gold, pred),
+            "test_ci": bootstrap_intervals(gold, pred, flow.evaluate.bootstrap_resamples, seed)}
+
+
+def report(rows: list[dict], out: str | Path, extra=(), **meta) -> None:
+    """Print each setting's CV against the teacher, its difference to the baseline (``rows[0]``), its test
+    figures and the ``extra`` columns ((header, row -> text) pairs); write ``out`` as JSON with ``meta``."""
+    base, width = rows[0]["cv_macro_f1_vs_teacher"], max(len(r["setting"]) for r in rows) + 2
+    print(f"\n{'setting':<{width}} {'CV vs teacher':>13} {'vs ' + BASELINE:>15} {'test acc / F1':>14}"
+          + "".join(f" {header:>11}" for header, _ in extra))
+    for r in rows:
+        print(f"{r['setting']:<{width}} {r['cv_macro_f1_vs_teacher']:>13.4f} {r['cv_macro_f1_vs_teacher'] - base:>+15.4f} "
+              f"{r['test']['accuracy']:>6.2f} / {r['test']['macro_f1']:.3f}" + "".join(f" {cell(r):>11}" for _, cell in extra))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"baseline": BASELINE, **meta, "rows": rows}, indent=2) + "\n")
+
+
 def cv_macro_f1(spec, embedder, texts, labels, embeddings, seed, folds=5) -> float:
     from sklearn.model_selection import StratifiedKFold
 
@@ -86,47 +129,26 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/forum_student.json"))
     args = ap.parse_args()
 
-    params = load_params(ROOT / "params.yaml")
-    flow = params.workflow(args.workflow)
-    if flow.student.kind != "embedding_head":
-        raise SystemExit(f"bench/forum_student.py compares head students; workflows.{args.workflow}.student is "
-                         f"kind {flow.student.kind!r} (its held-out fit to the teacher is in metrics/{args.workflow}/train.json)")
-    pool, _ = training_pool(read_interim(workflow_labelled_dir(args.workflow) / "pool.csv"), flow.student,
-                            params.seed)
-    test = test_rows(flow.evaluate.test_sets[next(iter(flow.evaluate.test_sets))].split, None, params.seed,
-                     root=ROOT / "data/splits")
+    params, flow, pool, test = head_student_data(args.workflow, "bench/forum_student.py")
     texts, labels = pool["text"].tolist(), pool["label"].tolist()
-    cache = EmbeddingCache(Path(flow.label.cache_dir) / EMBEDDING_CACHE)
     rows, speeds = [], {}
-    try:
-        for name, spec in settings(flow.student, args.set):
-            embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
-            emb = cache.embed(embedder, texts, desc=f"embed pool [{name}]")
-            test_emb = cache.embed(embedder, test["text"].tolist(), desc="embed test")
-            cv = cv_macro_f1(spec, embedder, texts, labels, emb, params.seed)
-            model = fit_head(spec, embedder, texts, labels, emb, params.seed)
-            pred = list(np.asarray(LABELS)[model.predict_proba(test["text"].tolist(), test_emb).argmax(1)])
-            scores = accuracy_and_macro_f1(test["label"].tolist(), pred)
-            ci = bootstrap_intervals(test["label"].tolist(), pred, flow.evaluate.bootstrap_resamples, params.seed)
-            chars = sum(len(embedder.clip(t)) for t in texts) / max(1, sum(len(t) for t in texts))
-            if args.time_sample and spec.max_chars not in speeds:
-                speeds[spec.max_chars] = embed_speed(spec, texts, args.time_sample, params.seed)
-            rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4), "test": scores, "test_ci": ci,
-                         "chars_embedded_share": round(chars, 3),
-                         "embed_posts_per_s": round(speeds[spec.max_chars], 2) if spec.max_chars in speeds else None})
-            print(f"{name}: CV {cv:.4f}  test {scores['accuracy']:.2f} / {scores['macro_f1']:.3f}", flush=True)
-    finally:
-        cache.close()
-    base = rows[0]["cv_macro_f1_vs_teacher"]
-    print(f"\n{'setting':<40} {'CV vs teacher':>13} {'vs ' + BASELINE:>15} {'test acc / F1':>14} "
-          f"{'chars':>6} {'posts/s':>8}")
-    for r in rows:
-        speed = f"{r['embed_posts_per_s']:.1f}" if r["embed_posts_per_s"] else "-"
-        print(f"{r['setting']:<40} {r['cv_macro_f1_vs_teacher']:>13.4f} {r['cv_macro_f1_vs_teacher'] - base:>+15.4f} "
-              f"{r['test']['accuracy']:>6.2f} / {r['test']['macro_f1']:.3f} {r['chars_embedded_share']:>6.0%} {speed:>8}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"baseline": BASELINE, "train_rows": len(texts), "test_rows": len(test),
-                                          "rows": rows}, indent=2) + "\n")
+    for name, spec in settings(flow.student, args.set):
+        embedder = load_embedder(spec.embedder, spec.prefix, spec.batch_size, spec.max_chars)
+        emb, test_emb = embed_cached(flow, embedder, pool=texts, test=test["text"].tolist()).values()
+        cv = cv_macro_f1(spec, embedder, texts, labels, emb, params.seed)
+        model = fit_head(spec, embedder, texts, labels, emb, params.seed)
+        pred = list(np.asarray(LABELS)[model.predict_proba(test["text"].tolist(), test_emb).argmax(1)])
+        scores = test_scores(flow, test, pred, params.seed)
+        chars = sum(len(embedder.clip(t)) for t in texts) / max(1, sum(len(t) for t in texts))
+        if args.time_sample and spec.max_chars not in speeds:
+            speeds[spec.max_chars] = embed_speed(spec, texts, args.time_sample, params.seed)
+        rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4), **scores,
+                     "chars_embedded_share": round(chars, 3),
+                     "embed_posts_per_s": round(speeds[spec.max_chars], 2) if spec.max_chars in speeds else None})
+        print(f"{name}: CV {cv:.4f}  test {scores['test']['accuracy']:.2f} / {scores['test']['macro_f1']:.3f}", flush=True)
+    report(rows, args.out, [("chars", lambda r: f"{r['chars_embedded_share']:.0%}"),
+                            ("posts/s", lambda r: f"{r['embed_posts_per_s']:.1f}" if r["embed_posts_per_s"] else "-")],
+           train_rows=len(texts), test_rows=len(test))
     return 0
 
 
