@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from forum_student import BASELINE, cv_macro_f1, embed_cached, head_student_data, report, test_scores  # noqa: E402  (bench/ is this script's directory)
 
-from finsent.core.labelset import LABELS  # noqa: E402
 from finsent.core.paths import MODEL_CACHE_DIR  # noqa: E402
+from finsent.evaluation.metrics import probs_to_labels  # noqa: E402
 from finsent.inference.embedding_head import load_embedder  # noqa: E402
 from finsent.training.student import fit_head  # noqa: E402
 
@@ -116,7 +116,7 @@ def main() -> int:
         test_feats = np.hstack([test_emb, test_g * extra]) if w else test_emb
         cv = cv_macro_f1(spec, embedder, texts, labels, feats, seed)
         model = fit_head(spec, embedder, texts, labels, feats, seed)
-        pred = list(np.asarray(LABELS)[model.predict_proba(test_texts, test_feats).argmax(1)])
+        pred = probs_to_labels(model.predict_proba(test_texts, test_feats))
         name = BASELINE if not w else f"+ gemma layer {args.layer} x {w:g}"
         rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4), **test_scores(flow, test, pred, seed)})
         print(f"{name}: CV {cv:.4f}  test {rows[-1]['test']['accuracy']:.2f} / {rows[-1]['test']['macro_f1']:.3f}", flush=True)

@@ -25,11 +25,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forum_student import BASELINE, embed_cached, head_student_data, report, test_scores  # noqa: E402  (bench/ is this script's directory)
+from forum_student import BASELINE, cv_folds, embed_cached, head_student_data, report, test_scores  # noqa: E402  (bench/ is this script's directory)
 
-from finsent.core.labelset import LABELS  # noqa: E402
 from finsent.data.splits import load_split  # noqa: E402
-from finsent.evaluation.metrics import accuracy_and_macro_f1  # noqa: E402
+from finsent.evaluation.metrics import accuracy_and_macro_f1, probs_to_labels  # noqa: E402
 from finsent.inference.embedding_head import load_embedder  # noqa: E402
 from finsent.training.student import fit_head  # noqa: E402
 
@@ -40,18 +39,12 @@ FIELDS = {"company": lambda f: f["company"].astype(str),
 
 def one_hot(train: pd.Series, other: pd.Series, min_count: int) -> tuple[np.ndarray, np.ndarray]:
     """Indicator columns for the values ``train`` holds at least ``min_count`` times (others: all zero)."""
+    from sklearn.preprocessing import OneHotEncoder
+
     counts = train.value_counts()
-    values = sorted(counts[counts >= min_count].index)
-    index = {v: i for i, v in enumerate(values)}
-
-    def encode(series):
-        out = np.zeros((len(series), len(values)), np.float32)
-        for r, v in enumerate(series):
-            if v in index:
-                out[r, index[v]] = 1.0
-        return out
-
-    return encode(train), encode(other)
+    encoder = OneHotEncoder(categories=[sorted(counts[counts >= min_count].index)], handle_unknown="ignore",
+                            sparse_output=False, dtype=np.float32).fit(train.to_frame())
+    return encoder.transform(train.to_frame()), encoder.transform(other.to_frame())
 
 
 def main() -> int:
@@ -64,8 +57,6 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/forum_metadata.json"))
     args = ap.parse_args()
 
-    from sklearn.model_selection import StratifiedKFold
-
     params, flow, pool, test = head_student_data(args.workflow, "bench/forum_metadata.py")
     spec, seed = flow.student, params.seed
     meta = load_split(flow.label.pool.split, flow.label.pool.part, root=ROOT / "data/splits")
@@ -77,7 +68,7 @@ def main() -> int:
     print(f"{len(texts)} pool posts ({missing} without metadata), {len(test)} test posts")
 
     settings = [(None, 0.0)] + [(f, float(w)) for f in args.fields.split(",") for w in args.weights.split(",")]
-    folds = list(StratifiedKFold(args.folds, shuffle=True, random_state=seed).split(texts, labels))
+    folds = cv_folds(labels, seed, args.folds)
     rows = []
     for field, w in settings:
         def features(train_idx, other_frame, other_emb):
@@ -93,11 +84,11 @@ def main() -> int:
         for train, held in folds:
             tr, he = features(train, pool.iloc[held], emb[held])
             head = fit_head(spec, embedder, [texts[i] for i in train], labels[train], tr, seed)
-            pred[held] = np.asarray(LABELS)[head.predict_proba([texts[i] for i in held], he).argmax(1)]
+            pred[held] = probs_to_labels(head.predict_proba([texts[i] for i in held], he))
         cv = accuracy_and_macro_f1(list(labels), list(pred))["macro_f1"]
         tr, te = features(np.arange(len(texts)), test, test_emb)
         head = fit_head(spec, embedder, texts, list(labels), tr, seed)
-        test_pred = list(np.asarray(LABELS)[head.predict_proba(test_texts, te).argmax(1)])
+        test_pred = probs_to_labels(head.predict_proba(test_texts, te))
         name = BASELINE if field is None else f"+ {field} one-hot x {w:g}"
         rows.append({"setting": name, "cv_macro_f1_vs_teacher": round(cv, 4), **test_scores(flow, test, test_pred, seed)})
         print(f"{name}: CV {cv:.4f}  test {rows[-1]['test']['accuracy']:.2f} / {rows[-1]['test']['macro_f1']:.3f}", flush=True)

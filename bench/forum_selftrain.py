@@ -27,11 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from forum_student import BASELINE, embed_cached, head_student_data, report, test_scores  # noqa: E402  (bench/ is this script's directory)
+from forum_student import BASELINE, cv_folds, embed_cached, head_student_data, report, test_scores  # noqa: E402  (bench/ is this script's directory)
 
-from finsent.core.labelset import LABELS  # noqa: E402
 from finsent.data.splits import load_split  # noqa: E402
-from finsent.evaluation.metrics import accuracy_and_macro_f1  # noqa: E402
+from finsent.evaluation.metrics import accuracy_and_macro_f1, probs_to_labels  # noqa: E402
 from finsent.inference.embedding_head import load_embedder  # noqa: E402
 from finsent.training.student import fit_head  # noqa: E402
 
@@ -45,7 +44,7 @@ def self_trained(spec, embedder, texts, labels, emb, extra_texts, extra_emb, set
     for tau, w in settings:
         keep = np.flatnonzero(proba.max(1) >= tau)
         admitted[tau] = len(keep)
-        pseudo = list(np.asarray(LABELS)[proba[keep].argmax(1)])
+        pseudo = probs_to_labels(proba[keep])
         all_texts = list(texts) + [extra_texts[i] for i in keep]
         weights = np.concatenate([np.ones(len(texts)), np.full(len(keep), w)])
         heads[(tau, w)] = fit_head(spec, embedder, all_texts, list(labels) + pseudo,
@@ -76,19 +75,17 @@ def main() -> int:
     extra_s = time.perf_counter() - start
     print(f"{len(texts)} teacher-labelled posts, {len(extra)} unlabelled ones (embedded in {extra_s:.0f} s; 0 when cached)")
 
-    from sklearn.model_selection import StratifiedKFold
-
     y = np.asarray(labels, dtype=object)
     pred = {key: np.empty(len(y), dtype=object) for key in [(None, 0.0)] + settings}
     admitted_cv = {tau: [] for tau, _ in settings}
     start = time.perf_counter()
-    for fold, (train, held) in enumerate(StratifiedKFold(args.folds, shuffle=True, random_state=seed).split(texts, y)):
+    for fold, (train, held) in enumerate(cv_folds(y, seed, args.folds)):
         heads, admitted = self_trained(spec, embedder, [texts[i] for i in train], y[train], emb[train], extra,
                                        extra_emb, settings, seed)
         for tau, n in admitted.items():
             admitted_cv[tau].append(n)
         for key, head in heads.items():
-            pred[key][held] = np.asarray(LABELS)[head.predict_proba([texts[i] for i in held], emb[held]).argmax(1)]
+            pred[key][held] = probs_to_labels(head.predict_proba([texts[i] for i in held], emb[held]))
         print(f"fold {fold + 1}/{args.folds} done ({time.perf_counter() - start:.0f} s)", flush=True)
     heads, admitted = self_trained(spec, embedder, texts, labels, emb, extra, extra_emb, settings, seed)
 
@@ -96,7 +93,7 @@ def main() -> int:
     for key, head in heads.items():
         tau, w = key
         cv = accuracy_and_macro_f1(labels, list(pred[key]))["macro_f1"]
-        test_pred = list(np.asarray(LABELS)[head.predict_proba(test_texts, test_emb).argmax(1)])
+        test_pred = probs_to_labels(head.predict_proba(test_texts, test_emb))
         rows.append({"setting": BASELINE if tau is None else f"self-training tau={tau:g} w={w:g}",
                      "tau": tau, "weight": w, "cv_macro_f1_vs_teacher": round(cv, 4),
                      "extra_posts_cv_mean": None if tau is None else round(float(np.mean(admitted_cv[tau]))),

@@ -30,11 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from finsent.core.io import read_interim  # noqa: E402
-from finsent.core.labelset import LABELS  # noqa: E402
 from finsent.core.params import load_params  # noqa: E402
 from finsent.core.paths import workflow_labelled_dir  # noqa: E402
 from finsent.data.splits import test_rows  # noqa: E402
-from finsent.evaluation.metrics import accuracy_and_macro_f1, bootstrap_intervals  # noqa: E402
+from finsent.evaluation.metrics import accuracy_and_macro_f1, bootstrap_intervals, probs_to_labels  # noqa: E402
 from finsent.inference.embedding_head import EmbeddingCache, load_embedder  # noqa: E402
 from finsent.training.student import EMBEDDING_CACHE, fit_head, training_pool  # noqa: E402
 
@@ -100,14 +99,19 @@ def report(rows: list[dict], out: str | Path, extra=(), **meta) -> None:
     Path(out).write_text(json.dumps({"baseline": BASELINE, **meta, "rows": rows}, indent=2) + "\n")
 
 
-def cv_macro_f1(spec, embedder, texts, labels, embeddings, seed, folds=5) -> float:
+def cv_folds(labels, seed: int, folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held-out) row indices of the seeded stratified folds every forum bench compares on."""
     from sklearn.model_selection import StratifiedKFold
 
+    return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+
+
+def cv_macro_f1(spec, embedder, texts, labels, embeddings, seed, folds=5) -> float:
     texts, labels = np.asarray(texts, dtype=object), np.asarray(labels, dtype=object)
     pred = np.empty(len(labels), dtype=object)
-    for train, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(texts, labels):
+    for train, held in cv_folds(labels, seed, folds):
         model = fit_head(spec, embedder, list(texts[train]), list(labels[train]), embeddings[train], seed)
-        pred[held] = np.asarray(LABELS)[model.predict_proba(list(texts[held]), embeddings[held]).argmax(1)]
+        pred[held] = probs_to_labels(model.predict_proba(list(texts[held]), embeddings[held]))
     return accuracy_and_macro_f1(list(labels), list(pred))["macro_f1"]
 
 
@@ -137,7 +141,7 @@ def main() -> int:
         emb, test_emb = embed_cached(flow, embedder, pool=texts, test=test["text"].tolist()).values()
         cv = cv_macro_f1(spec, embedder, texts, labels, emb, params.seed)
         model = fit_head(spec, embedder, texts, labels, emb, params.seed)
-        pred = list(np.asarray(LABELS)[model.predict_proba(test["text"].tolist(), test_emb).argmax(1)])
+        pred = probs_to_labels(model.predict_proba(test["text"].tolist(), test_emb))
         scores = test_scores(flow, test, pred, params.seed)
         chars = sum(len(embedder.clip(t)) for t in texts) / max(1, sum(len(t) for t in texts))
         if args.time_sample and spec.max_chars not in speeds:

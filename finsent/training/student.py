@@ -16,6 +16,7 @@ import pandas as pd
 from finsent.core.cards import data_fingerprint
 from finsent.core.labelset import LABELS
 from finsent.core.schema import EmbeddingHeadStudent, EncoderStudent, Student
+from finsent.evaluation.metrics import probs_to_labels
 from finsent.inference.embedding_head import EmbeddingCache, EmbeddingHead, load_embedder
 
 EMBEDDING_CACHE = "embeddings.sqlite"   # under label.cache_dir, next to the teacher's answer cache
@@ -119,7 +120,7 @@ def train_head_student(labelled: pd.DataFrame, spec: EmbeddingHeadStudent, out_d
         model = fit_head(spec, embedder, texts, labels, embeddings, seed)
         log(f"student: embedded {len(texts)} posts in {embed_s:.1f} s, fit the head in "
             f"{time.perf_counter() - start:.1f} s")
-        train_pred = np.asarray(LABELS)[model.predict_proba(texts, embeddings).argmax(axis=1)]
+        train_pred = np.asarray(probs_to_labels(model.predict_proba(texts, embeddings)))
     finally:
         cache.close()
     model.save(out_dir, model_id=f"{Path(out_dir).name}:{spec.embedder}", teacher=teacher, train_rows=len(rows),
